@@ -1,0 +1,163 @@
+// Package resource defines the contract between the threepc coordinator,
+// the recovery scanner and the database drivers.
+//
+// A Resource is one participant database (one PostgreSQL database, one
+// MySQL or MariaDB schema) registered under a short name. A Branch is that
+// resource's piece of one global transaction, running on a connection that
+// is pinned to it from Begin until the branch is finished. Drivers live in
+// drivers/...; this package depends on the standard library only, so the
+// coordinator and the recovery scanner never depend on a driver.
+//
+// Every driver must pass the conformance suite in resource/resourcetest.
+package resource
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// DBTX is the query surface of a branch. It is the interface that sqlc
+// generates for its Queries type, so `queries.New(branch)` runs a user's
+// existing queries inside a distributed transaction unchanged.
+type DBTX interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// Resource is one participant database.
+//
+// Methods that take an XID rather than a Branch (CommitPrepared,
+// RollbackPrepared) work from any connection of the resource; recovery uses
+// them for branches whose coordinator is gone.
+//
+// Implementations must be safe for concurrent use.
+type Resource interface {
+	// Name is the resource's registered name (see ValidateName).
+	Name() string
+
+	// System is the database system, as the OpenTelemetry semantic
+	// conventions name it: "postgresql", "mysql" or "mariadb".
+	System() string
+
+	// DB is the connection pool the resource runs on. Connections handed
+	// back to it are never in a transaction or XA state.
+	DB() *sql.DB
+
+	// Check verifies that the resource can take part in distributed
+	// transactions: the server is reachable, prepared transactions are
+	// enabled, the user has the privileges recovery needs, and the marker
+	// table exists. Each failure wraps one of the Err* sentinels of this
+	// package and says how to fix it.
+	Check(ctx context.Context) error
+
+	// Begin starts a branch with the given id on a connection pinned to it.
+	Begin(ctx context.Context, xid XID) (Branch, error)
+
+	// CommitPrepared commits a prepared branch by id. If no such prepared
+	// branch exists it returns an error wrapping ErrUnknownBranch; that
+	// does not say whether the branch was committed or rolled back.
+	CommitPrepared(ctx context.Context, xid XID) error
+
+	// RollbackPrepared rolls back a prepared branch by id, with the same
+	// ErrUnknownBranch rule as CommitPrepared.
+	RollbackPrepared(ctx context.Context, xid XID) error
+
+	// Recover lists the prepared branches on this resource whose id carries
+	// the product prefix. Prepared transactions of other software, and
+	// branches of other databases on the same server, are not listed.
+	Recover(ctx context.Context) ([]PreparedBranch, error)
+
+	// InsertMarker inserts a marker row. It is a compare-and-set on the
+	// gtid: if a row for the gtid already exists the insert fails with an
+	// error wrapping ErrMarkerExists and changes nothing.
+	InsertMarker(ctx context.Context, m Marker) error
+
+	// ReadMarker reads the marker row of gtid, or returns an error wrapping
+	// ErrNoMarker.
+	ReadMarker(ctx context.Context, gtid string) (Marker, error)
+
+	// ListMarkers lists every marker row.
+	ListMarkers(ctx context.Context) ([]Marker, error)
+
+	// DeleteMarkers deletes the marker rows of the given gtids. Missing
+	// rows are not an error.
+	DeleteMarkers(ctx context.Context, gtids ...string) error
+
+	// Close releases the resource's connection pool if the resource opened
+	// it.
+	Close() error
+}
+
+// Vote is a branch's answer to Prepare.
+type Vote int
+
+const (
+	// VotePrepared means the branch is durably prepared and must be
+	// finished with Commit or Rollback (or by id, from any connection).
+	VotePrepared Vote = iota + 1
+	// VoteReadOnly means the branch wrote nothing and is already finished:
+	// it needs neither commit nor rollback, and holds no prepared state.
+	VoteReadOnly
+)
+
+func (v Vote) String() string {
+	switch v {
+	case VotePrepared:
+		return "prepared"
+	case VoteReadOnly:
+		return "read-only"
+	}
+	return "invalid"
+}
+
+// Branch is one resource's piece of a global transaction, pinned to one
+// connection. Its DBTX methods run the user's statements inside the branch.
+//
+// A Branch is not safe for concurrent use, except that Rollback may be
+// called from another goroutine to abandon the branch.
+type Branch interface {
+	DBTX
+
+	// XID is the branch's id.
+	XID() XID
+
+	// Prepare ends the work phase and prepares the branch (the vote). An
+	// error means the branch is not prepared; the caller must still call
+	// Rollback to release it. A branch whose transaction has already failed
+	// (a statement error) refuses with an error wrapping ErrPrepareRefused
+	// and is never reported as prepared.
+	Prepare(ctx context.Context) (Vote, error)
+
+	// Commit commits the prepared branch. ErrUnknownBranch means the
+	// prepared branch no longer exists (finished by someone else).
+	Commit(ctx context.Context) error
+
+	// CommitOnePhase commits a branch that was never prepared, as an
+	// ordinary local transaction.
+	CommitOnePhase(ctx context.Context) error
+
+	// Rollback rolls the branch back, whatever its state (active, failed or
+	// prepared). Rolling back a branch that is already finished returns nil
+	// when the driver can tell; ErrUnknownBranch otherwise.
+	Rollback(ctx context.Context) error
+
+	// Close releases the pinned connection. A connection that is still in
+	// a transaction or XA state is discarded, never handed back to the
+	// pool; a prepared branch survives that on the server. Close is
+	// idempotent.
+	Close() error
+}
+
+// PreparedBranch is a prepared branch found by Resource.Recover.
+type PreparedBranch struct {
+	XID XID
+	// PreparedAt is when the server prepared the branch, when the server
+	// records it (PostgreSQL does, MySQL does not); zero otherwise. Use
+	// XID.Time for an age that works everywhere.
+	PreparedAt time.Time
+	// Owner is the database user that prepared the branch, when known.
+	Owner string
+}
