@@ -21,7 +21,6 @@
 package harness
 
 import (
-	"context"
 	"errors"
 )
 
@@ -70,5 +69,3 @@ type TB interface {
 
 // Runner is *testing.M.
 type Runner interface{ Run() int }
-
-var _ = context.Background
