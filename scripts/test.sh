@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The project's test command: installs the database server binaries if
+# they are missing, then runs every package's tests with the race
+# detector. Each test package starts its own throwaway servers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh
+# Go lives outside PATH in some non-login shells.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+	export PATH="/usr/local/go/bin:$PATH"
+fi
+exec go test -race -count=1 -p 2 -timeout 20m "$@" ./...
