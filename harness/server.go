@@ -48,7 +48,6 @@ type Server struct {
 	mu      sync.Mutex
 	proc    *process // nil when not running
 	closed  bool
-	dropped bool // Close has removed dir
 }
 
 // process is one running server process.
