@@ -44,10 +44,10 @@ type Server struct {
 	cred    *syscall.Credential // nil: run as the current user
 	bin     binaries
 
-	logMu   sync.Mutex // guards opts.Log, which Close clears
-	mu      sync.Mutex
-	proc    *process // nil when not running
-	closed  bool
+	logMu  sync.Mutex // guards opts.Log, which Close clears
+	mu     sync.Mutex
+	proc   *process // nil when not running
+	closed bool
 }
 
 // process is one running server process.
