@@ -1,0 +1,258 @@
+// Package postgres is the threepc driver for PostgreSQL, built on pgx v5
+// through its database/sql adapter (github.com/jackc/pgx/v5/stdlib).
+//
+// A branch is a transaction on one pinned connection, prepared with
+// PREPARE TRANSACTION under the gid resource.XID.PostgresGID and finished
+// with COMMIT PREPARED or ROLLBACK PREPARED, from that connection or from
+// any other connection to the same database.
+//
+// The PostgreSQL traps this driver handles:
+//
+//   - PREPARE TRANSACTION inside a failed transaction does not fail: it
+//     rolls back and answers with the command tag ROLLBACK, which
+//     database/sql hides. Prepare checks the session's transaction status
+//     before it prepares and reads the command tag through pgx, so a failed
+//     branch is always refused (resource.ErrPrepareRefused), never reported
+//     as prepared. COMMIT of a failed transaction has the same trap, and
+//     CommitOnePhase reports it the same way.
+//   - max_prepared_transactions defaults to 0. Check reports it with
+//     resource.ErrPreparedTransactionsDisabled and says how to fix it.
+//   - A connection still inside a transaction must not go back to the
+//     pool, where it would keep its locks until reused. Branch.Close
+//     discards such a connection. A prepared transaction is detached from
+//     its session, so after PREPARE the connection is clean and is reused.
+//   - Gids are unique per server, not per database, and only the preparing
+//     user (or a superuser) connected to the same database can finish a
+//     prepared transaction. The gid carries the branch's resource name, and
+//     Recover lists only this database's branches of this resource.
+//   - Temporary tables, LISTEN and WITH HOLD cursors make PREPARE fail with
+//     SQLSTATE 0A000: the branch is refused.
+//
+// SQLSTATEs are mapped to the resource package's sentinels, with the
+// server's *pgconn.PgError kept in the chain: 42704 -> ErrUnknownBranch,
+// 42710 -> ErrBranchExists, 55000 -> ErrBranchBusy (or
+// ErrPreparedTransactionsDisabled), 53200 -> ErrTooManyPrepared, 42501 ->
+// ErrMissingPrivilege, 0A000 at PREPARE -> ErrPrepareRefused and at COMMIT
+// PREPARED ("belongs to another database") -> ErrUnsupported, 23505 on the
+// marker table -> ErrMarkerExists, 42P01 -> ErrMarkerTableMissing. Broken
+// connections, and statements whose context ended while they were in
+// flight, wrap ErrUnreachable: their outcome is unknown.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/threepc/threepc/resource"
+)
+
+// System is the database system name, as the OpenTelemetry semantic
+// conventions spell it.
+const System = "postgresql"
+
+// Config configures a Resource. The zero value is ready to use.
+type Config struct {
+	// MaxOpenConns limits the pool that Open creates (database/sql's
+	// SetMaxOpenConns); 0 leaves it unlimited. Every live branch pins one
+	// connection, so the server's max_connections and
+	// max_prepared_transactions bound useful values. Ignored by New, whose
+	// caller owns the pool.
+	MaxOpenConns int
+}
+
+// Resource is a PostgreSQL database taking part in distributed
+// transactions. It implements resource.Resource and is safe for concurrent
+// use.
+type Resource struct {
+	name string
+	db   *sql.DB
+	own  bool   // Close closes db
+	addr string // host:port for messages, when known
+	cfg  Config
+}
+
+var _ resource.Resource = (*Resource)(nil)
+
+// New returns a resource named name on db, which must be a pool of pgx's
+// database/sql adapter (sql.Open("pgx", ...), stdlib.OpenDB or
+// stdlib.OpenDBFromPool). The name is validated before anything else.
+// Close does not close db.
+func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
+	if err := resource.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("threepc/postgres: %w", err)
+	}
+	if db == nil {
+		return nil, errors.New("threepc/postgres: nil *sql.DB")
+	}
+	if _, ok := db.Driver().(*stdlib.Driver); !ok {
+		return nil, fmt.Errorf("threepc/postgres: want a pool of pgx's database/sql driver (github.com/jackc/pgx/v5/stdlib), got driver %T", db.Driver())
+	}
+	return &Resource{name: name, db: db, cfg: cfg}, nil
+}
+
+// Open returns a resource named name on a pool of its own, which Close
+// closes. dsn is anything pgx.ParseConfig accepts: a postgres:// URL or
+// the keyword=value form. No connection is made until the resource is used;
+// call Check to verify the setup.
+func Open(name, dsn string, cfg Config) (*Resource, error) {
+	if err := resource.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("threepc/postgres: %w", err)
+	}
+	pc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("threepc/postgres: %w", err)
+	}
+	db := stdlib.OpenDB(*pc)
+	if cfg.MaxOpenConns > 0 {
+		db.SetMaxOpenConns(cfg.MaxOpenConns)
+	}
+	return &Resource{
+		name: name,
+		db:   db,
+		own:  true,
+		addr: net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))),
+		cfg:  cfg,
+	}, nil
+}
+
+// Name is the resource's name.
+func (r *Resource) Name() string { return r.name }
+
+// System returns "postgresql".
+func (r *Resource) System() string { return System }
+
+// DB is the resource's connection pool.
+func (r *Resource) DB() *sql.DB { return r.db }
+
+// Close closes the pool if Open created it.
+func (r *Resource) Close() error {
+	if r.own {
+		return r.db.Close()
+	}
+	return nil
+}
+
+func (r *Resource) where() string {
+	if r.addr == "" {
+		return fmt.Sprintf("resource %q", r.name)
+	}
+	return fmt.Sprintf("resource %q at %s", r.name, r.addr)
+}
+
+// Check verifies that the server is reachable, that prepared transactions
+// are enabled (max_prepared_transactions > 0) and that the marker table
+// exists.
+func (r *Resource) Check(ctx context.Context) error {
+	if err := r.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("threepc/postgres: %s: cannot reach the server: %w: %w", r.where(), resource.ErrUnreachable, err)
+	}
+	var mpt string
+	if err := r.db.QueryRowContext(ctx, "SHOW max_prepared_transactions").Scan(&mpt); err != nil {
+		return mapError(opOther, r.where()+": reading max_prepared_transactions", err)
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(mpt)); err != nil || n <= 0 {
+		return fmt.Errorf("threepc/postgres: %s: %w: max_prepared_transactions is %s; set max_prepared_transactions to at least the number of concurrent transactions in postgresql.conf and restart the server",
+			r.where(), resource.ErrPreparedTransactionsDisabled, mpt)
+	}
+	var present bool
+	q := "SELECT to_regclass('" + resource.MarkerTable + "') IS NOT NULL"
+	if err := r.db.QueryRowContext(ctx, q).Scan(&present); err != nil {
+		return mapError(opOther, r.where()+": looking for the marker table", err)
+	}
+	if !present {
+		return fmt.Errorf("threepc/postgres: %s: %w: table %s not found in the search path; run the migrations (`threepc migrate` or migrations.Up)",
+			r.where(), resource.ErrMarkerTableMissing, resource.MarkerTable)
+	}
+	return nil
+}
+
+// checkXID validates xid and that it names a branch of this resource: a
+// gid of another resource would finish another resource's branch.
+func (r *Resource) checkXID(xid resource.XID) error {
+	if err := xid.Validate(); err != nil {
+		return fmt.Errorf("threepc/postgres: %w", err)
+	}
+	if xid.Branch != r.name {
+		return fmt.Errorf("threepc/postgres: %w: branch %q belongs to resource %q, not %q", resource.ErrInvalidID, xid, xid.Branch, r.name)
+	}
+	return nil
+}
+
+// quoteLiteral quotes s as an SQL string literal. Gids cannot be bind
+// parameters of PREPARE TRANSACTION or COMMIT PREPARED; XID.Validate
+// already restricts their characters, the quoting is a second guard.
+// standard_conforming_strings is on since PostgreSQL 9.1, so only quotes
+// need doubling; a backslash is refused rather than trusted.
+func quoteLiteral(s string) (string, error) {
+	if strings.ContainsAny(s, "\\\x00") {
+		return "", fmt.Errorf("threepc/postgres: %w: %q", resource.ErrInvalidID, s)
+	}
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'", nil
+}
+
+// CommitPrepared commits the prepared branch xid from a pool connection.
+func (r *Resource) CommitPrepared(ctx context.Context, xid resource.XID) error {
+	return r.finishPrepared(ctx, "COMMIT PREPARED", xid)
+}
+
+// RollbackPrepared rolls back the prepared branch xid from a pool
+// connection.
+func (r *Resource) RollbackPrepared(ctx context.Context, xid resource.XID) error {
+	return r.finishPrepared(ctx, "ROLLBACK PREPARED", xid)
+}
+
+func (r *Resource) finishPrepared(ctx context.Context, verb string, xid resource.XID) error {
+	if err := r.checkXID(xid); err != nil {
+		return err
+	}
+	lit, err := quoteLiteral(xid.PostgresGID())
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("threepc/postgres: %s %s: %w", verb, xid, err)
+	}
+	_, err = r.db.ExecContext(ctx, verb+" "+lit)
+	return mapError(opFinish, verb+" "+lit, err)
+}
+
+// Recover lists this resource's prepared branches in its own database:
+// prepared transactions whose gid threepc did not write, and branches of
+// other resources (on this or another database of the server), are left
+// out.
+func (r *Resource) Recover(ctx context.Context) ([]resource.PreparedBranch, error) {
+	rows, err := r.db.QueryContext(ctx,
+		"SELECT gid, prepared, owner FROM pg_prepared_xacts WHERE database = current_database() ORDER BY gid")
+	if err != nil {
+		return nil, mapError(opOther, "listing prepared transactions", err)
+	}
+	defer rows.Close()
+	var out []resource.PreparedBranch
+	for rows.Next() {
+		var (
+			gid, owner string
+			at         time.Time
+		)
+		if err := rows.Scan(&gid, &at, &owner); err != nil {
+			return nil, mapError(opOther, "listing prepared transactions", err)
+		}
+		x, ok := resource.ParsePostgresGID(gid)
+		if !ok || x.Branch != r.name {
+			continue
+		}
+		out = append(out, resource.PreparedBranch{XID: x, PreparedAt: at, Owner: owner})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, mapError(opOther, "listing prepared transactions", err)
+	}
+	return out, nil
+}
