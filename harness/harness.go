@@ -35,7 +35,7 @@ const (
 
 // Errors of the harness.
 var (
-	// ErrBinariesMissing: the server's binaries (initdb/pg_ctl/postgres,
+	// ErrBinariesMissing: the server's binaries (initdb/postgres,
 	// mariadb-install-db/mariadbd) are not installed.
 	ErrBinariesMissing = errors.New("harness: database server binaries not found")
 	// ErrExternal: the operation (Kill, Stop, Restart) is not possible on

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"regexp"
@@ -125,8 +126,26 @@ func testCrash(t *testing.T, kind Kind) {
 		mustExec(t, ctx, conn, "XA PREPARE 'h1'")
 	}
 
+	// A busy backend must die with the server too, or the restart
+	// finds the old shared memory in use.
+	sleepQuery := map[Kind]string{Postgres: "SELECT pg_sleep(120)", MariaDB: "SELECT SLEEP(120)"}[kind]
+	busy := make(chan error, 1)
+	go func() {
+		_, err := db.ExecContext(ctx, sleepQuery)
+		busy <- err
+	}()
+	time.Sleep(200 * time.Millisecond)
+
 	if err := s.Kill(); err != nil {
 		t.Fatalf("Kill: %v", err)
+	}
+	select {
+	case err := <-busy:
+		if err == nil {
+			t.Fatal("sleeping query finished without error across Kill")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("sleeping query still running 30s after Kill")
 	}
 	if s.Running() {
 		t.Fatal("Running after Kill")
@@ -229,7 +248,8 @@ func testCrash(t *testing.T, kind Kind) {
 func TestSettings(t *testing.T) {
 	t.Run("postgres", func(t *testing.T) {
 		t.Parallel()
-		s := startOwn(t, Postgres, Options{Settings: map[string]string{"max_prepared_transactions": "0"}})
+		// t.TempDir is 0700: the harness must still let the server user in.
+		s := startOwn(t, Postgres, Options{Dir: t.TempDir(), Settings: map[string]string{"max_prepared_transactions": "0"}})
 		db := open(t, s, "")
 		var v string
 		if err := db.QueryRow("SHOW max_prepared_transactions").Scan(&v); err != nil {
@@ -341,5 +361,36 @@ func TestDatabaseName(t *testing.T) {
 	}
 	if got := databaseName("TestX/sub#01"); !strings.HasPrefix(got, "t_testx_sub_01_") {
 		t.Errorf("databaseName(TestX/sub#01) = %q", got)
+	}
+}
+
+type fakeTB struct {
+	fatal, skip string
+}
+
+func (f *fakeTB) Helper()                           {}
+func (f *fakeTB) Name() string                      { return "fake" }
+func (f *fakeTB) Logf(string, ...any)               {}
+func (f *fakeTB) Cleanup(func())                    {}
+func (f *fakeTB) Fatalf(format string, args ...any) { f.fatal = fmt.Sprintf(format, args...) }
+func (f *fakeTB) Skipf(format string, args ...any)  { f.skip = fmt.Sprintf(format, args...) }
+
+func TestReportUnavailable(t *testing.T) {
+	missing := fmt.Errorf("%w: initdb not found", ErrBinariesMissing)
+	var dev fakeTB
+	reportUnavailable(&dev, Postgres, missing, false)
+	if dev.fatal != "" || !strings.Contains(dev.skip, "initdb not found") || !strings.Contains(dev.skip, "apt-get install postgresql mariadb-server") {
+		t.Errorf("outside CI: fatal %q, skip %q; want a skip with reason and install hint", dev.fatal, dev.skip)
+	}
+	var ci fakeTB
+	reportUnavailable(&ci, Postgres, missing, true)
+	if ci.skip != "" || !strings.Contains(ci.fatal, "initdb not found") {
+		t.Errorf("under CI: fatal %q, skip %q; want a failure with the reason", ci.fatal, ci.skip)
+	}
+	_, err := openExternal(context.Background(), MariaDB, "mysql://root@10.0.0.1/db")
+	var bad fakeTB
+	reportUnavailable(&bad, MariaDB, err, false)
+	if bad.skip != "" || !strings.Contains(bad.fatal, "loopback") {
+		t.Errorf("bad env URL outside CI: fatal %q, skip %q; want a failure", bad.fatal, bad.skip)
 	}
 }

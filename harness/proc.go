@@ -236,3 +236,34 @@ func serverPidAlive(dir string) bool {
 	}
 	return false
 }
+
+// makeSearchable makes sure the server user, uid, can reach dir. Test
+// directories (t.TempDir) are 0700, so ancestors below os.TempDir that
+// this process owns get the search bit for others; that exposes no file
+// names. Other unreachable ancestors are an error naming Options.Dir.
+func makeSearchable(dir string, uid uint32) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("harness: %w", err)
+	}
+	tmp, _ := filepath.Abs(os.TempDir())
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return fmt.Errorf("harness: %w", err)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if ok && fi.Mode().Perm()&0o001 == 0 && st.Uid != uid {
+			inTmp := strings.HasPrefix(d, tmp+string(filepath.Separator))
+			if !inTmp || int(st.Uid) != os.Geteuid() {
+				return fmt.Errorf("harness: the server runs as uid %d, which cannot reach %s (mode %v); use an Options.Dir under %s", uid, d, fi.Mode().Perm(), tmp)
+			}
+			if err := os.Chmod(d, fi.Mode().Perm()|0o001); err != nil {
+				return fmt.Errorf("harness: %w", err)
+			}
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
+}

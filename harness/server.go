@@ -119,10 +119,14 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 	}
 	if cred != nil {
 		// The directory is created 0700 by MkdirTemp; the server user
-		// must own it to create the data and socket files.
+		// must own it to create the data and socket files, and reach it.
 		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("harness: chown %s: %w", dir, err)
+		}
+		if err := makeSearchable(filepath.Dir(dir), cred.Uid); err != nil {
+			os.RemoveAll(dir)
+			return nil, err
 		}
 	}
 	allMu.Lock()

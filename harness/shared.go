@@ -52,11 +52,7 @@ func Shared(tb TB, kind Kind) *Server {
 	}
 	e.once.Do(func() { e.s, e.err = startShared(kind) })
 	if e.err != nil {
-		if os.Getenv("CI") == "true" || isConfigError(e.err) {
-			tb.Fatalf("harness: no %s server: %v", kind, e.err)
-		} else {
-			tb.Skipf("harness: no %s server: %v\n%s (under CI=true this fails instead)", kind, e.err, installHint)
-		}
+		reportUnavailable(tb, kind, e.err, os.Getenv("CI") == "true")
 		return nil
 	}
 	if !e.s.Running() {
@@ -72,6 +68,19 @@ func Shared(tb TB, kind Kind) *Server {
 		}
 	}
 	return e.s
+}
+
+// reportUnavailable ends a test that cannot have its server: a skip on a
+// developer's machine without the servers, a failure under CI (where a
+// skipped database test would pass silently) and for a wrong environment
+// variable.
+func reportUnavailable(tb TB, kind Kind, err error, ci bool) {
+	tb.Helper()
+	if ci || isConfigError(err) {
+		tb.Fatalf("harness: no %s server: %v", kind, err)
+		return
+	}
+	tb.Skipf("harness: no %s server: %v\n%s (under CI=true this fails instead)", kind, err, installHint)
 }
 
 func startShared(kind Kind) (*Server, error) {
