@@ -47,6 +47,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,6 +79,9 @@ type Resource struct {
 	own  bool   // Close closes db
 	addr string // host:port for messages, when known
 	cfg  Config
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 var _ resource.Resource = (*Resource)(nil)
@@ -133,12 +137,14 @@ func (r *Resource) System() string { return System }
 // DB is the resource's connection pool.
 func (r *Resource) DB() *sql.DB { return r.db }
 
-// Close closes the pool if Open created it.
+// Close closes the pool if Open created it. Close is idempotent.
 func (r *Resource) Close() error {
-	if r.own {
-		return r.db.Close()
-	}
-	return nil
+	r.closeOnce.Do(func() {
+		if r.own {
+			r.closeErr = r.db.Close()
+		}
+	})
+	return r.closeErr
 }
 
 func (r *Resource) where() string {
