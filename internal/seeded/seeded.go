@@ -1,0 +1,19 @@
+// Package seeded holds switches that plant known protocol bugs, so the
+// model test can prove that its invariant checker catches them. Only
+// tests set them; they are off in every build.
+package seeded
+
+import "sync/atomic"
+
+// Bugs a test can plant.
+var (
+	// AbortWithoutFence: recovery rolls back an undecided transaction
+	// without first inserting the abort row at the primary.
+	AbortWithoutFence atomic.Bool
+	// EarlyAbortCleanup: recovery deletes abort rows at once instead of
+	// after the retention period.
+	EarlyAbortCleanup atomic.Bool
+	// EarlyPreCommit: the coordinator writes the non-primary precommit
+	// rows before the decision at the primary.
+	EarlyPreCommit atomic.Bool
+)

@@ -1,0 +1,455 @@
+package txmanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/threepc/threepc/internal/seeded"
+	"github.com/threepc/threepc/resource"
+)
+
+// Commit commits the transaction on every enlisted resource, atomically.
+//
+// nil means every branch is committed. Otherwise the error matches one
+// of:
+//   - ErrAborted (an *AbortError): every branch is rolled back, or will
+//     be by recovery; nothing committed.
+//   - ErrInDoubt (an *InDoubtError): whether the commit point was reached
+//     is unknown; recovery will finish the transaction one way.
+//   - ErrCommitPending (a *CommitPendingError): decided to commit; some
+//     branches will be committed by recovery.
+//   - ErrTxDone.
+//
+// ctx bounds the work before the commit point (prepare and decision).
+// Once the decision is recorded the commit phase runs to completion (or
+// the commit timeout) even if ctx is cancelled.
+func (tx *Tx) Commit(ctx context.Context) error {
+	branches, err := tx.finish()
+	if err != nil {
+		return err
+	}
+	defer tx.releaseStatements()
+	m := tx.m
+	if tx.failed != nil {
+		return tx.abort(ctx, branches, "", resource.PhaseBegin, tx.failed)
+	}
+	switch {
+	case len(branches) == 0:
+		return nil
+	case len(branches) == 1 && m.opts.onePhase:
+		return tx.commitOnePhase(ctx, branches[0])
+	}
+
+	// Vote. The transaction timeout bounds the work and the vote.
+	if err := tx.checkDeadline(ctx); err != nil {
+		return tx.abort(ctx, branches, "", resource.PhasePrepare, err)
+	}
+	prepCtx, cancel := context.WithDeadlineCause(ctx, tx.wallDeadline(), ErrTimeout)
+	errs := m.fanout(branches, func(b *branch) error {
+		if err := m.failpoint(prepCtx, BeforePrepare, tx.gtid, b.xid.Branch); err != nil {
+			return err
+		}
+		vote, err := b.b.Prepare(prepCtx)
+		if err != nil {
+			return tx.stmtError(err)
+		}
+		b.prepared = vote == resource.VotePrepared
+		b.readOnly = vote == resource.VoteReadOnly
+		return m.failpoint(prepCtx, AfterPrepare, tx.gtid, b.xid.Branch)
+	})
+	cancel()
+	if i, err := firstError(errs); err != nil {
+		return tx.abort(ctx, branches, branches[i].xid.Branch, resource.PhasePrepare, err)
+	}
+	live := slices.DeleteFunc(slices.Clone(branches), func(b *branch) bool { return b.readOnly })
+	for _, b := range branches {
+		if b.readOnly {
+			tx.closeBranch(b)
+		}
+	}
+	if len(live) == 0 {
+		return nil // every branch was read-only: nothing to commit
+	}
+
+	// Decide. The precommit row at the primary is the commit point.
+	if err := tx.checkDeadline(ctx); err != nil {
+		return tx.abort(ctx, live, "", resource.PhaseDecide, err)
+	}
+	marker := resource.Marker{
+		GTID:         tx.gtid,
+		State:        resource.StatePreCommit,
+		Primary:      tx.primary,
+		Participants: participantNames(branches),
+		Owner:        m.opts.instanceID,
+	}
+	if m.opts.protocol == ThreePC && seeded.EarlyPreCommit.Load() {
+		tx.preCommit(ctx, marker, live)
+	}
+	decided, err := tx.decide(ctx, marker)
+	switch {
+	case errors.Is(err, ErrInDoubt):
+		tx.closeAll(live)
+		return err
+	case err != nil:
+		return tx.abort(ctx, live, tx.primary, resource.PhaseDecide, err)
+	case !decided:
+		panic("unreachable")
+	}
+	// Past the point of no return: nothing below may abort, and the
+	// caller's cancellation no longer applies.
+	ctx = context.WithoutCancel(ctx)
+	_ = m.failpoint(ctx, AfterDecide, tx.gtid, tx.primary)
+
+	markedAt := []string{tx.primary}
+	if m.opts.protocol == ThreePC {
+		markedAt = append(markedAt, tx.preCommit(ctx, marker, live)...)
+	}
+	if err := tx.commitAll(ctx, live); err != nil {
+		return err
+	}
+	tx.cleanup(ctx, markedAt)
+	return nil
+}
+
+// Rollback rolls the transaction back. Rolling back a finished
+// transaction returns ErrTxDone.
+func (tx *Tx) Rollback(ctx context.Context) error {
+	branches, err := tx.finish()
+	if err != nil {
+		return err
+	}
+	defer tx.releaseStatements()
+	return tx.rollbackAll(ctx, branches)
+}
+
+func (tx *Tx) checkDeadline(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("context done before the decision: %w", context.Cause(ctx))
+	}
+	if !tx.m.opts.clock.Now().Before(tx.deadline) {
+		return fmt.Errorf("%w (%v)", ErrTimeout, tx.m.opts.timeout)
+	}
+	return nil
+}
+
+func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
+	m := tx.m
+	defer tx.closeBranch(b)
+	if err := tx.checkDeadline(ctx); err != nil {
+		return tx.abort(ctx, []*branch{b}, "", resource.PhaseCommit, err)
+	}
+	if err := m.failpoint(ctx, BeforeOnePhase, tx.gtid, b.xid.Branch); err != nil {
+		return tx.abort(ctx, []*branch{b}, b.xid.Branch, resource.PhaseCommit, err)
+	}
+	// Once COMMIT is sent its outcome must be learned, so the caller's
+	// cancellation no longer applies.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
+	defer cancel()
+	err := b.b.CommitOnePhase(cctx)
+	switch {
+	case err == nil:
+		return nil
+	case resource.IsConnectionError(err) || cctx.Err() != nil:
+		// The local commit may or may not have happened, and there is no
+		// marker to ask: only the application can tell.
+		return &InDoubtError{GTID: tx.gtid, Primary: b.xid.Branch, Err: err}
+	}
+	return tx.abort(ctx, []*branch{b}, b.xid.Branch, resource.PhaseCommit, err)
+}
+
+// decide records the commit decision at the primary: a compare-and-set
+// insert of the precommit row. It returns true once the row is known to be
+// in; an error matching ErrInDoubt when that stays unknown until the
+// decision deadline; any other error when the transaction must abort.
+func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) {
+	m := tx.m
+	primary := m.res[tx.primary]
+	decisionDeadline := tx.deadline.Add(m.opts.decideTimeout)
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if !m.opts.clock.Now().Before(decisionDeadline) {
+			if lastErr == nil {
+				return false, ErrDecisionDeadline
+			}
+			return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
+		}
+		if attempt > 0 {
+			if err := m.opts.sleep(ctx, backoff(attempt)); err != nil && lastErr != nil {
+				// A cancelled caller does not settle an unknown outcome.
+				return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
+			}
+		}
+		// The failpoint sits after the deadline check on purpose: a
+		// coordinator can always stall between checking its clock and its
+		// insert reaching the primary. The fence (and the abort rows'
+		// retention) is what keeps such a late insert harmless.
+		if err := m.failpoint(ctx, BeforeDecide, tx.gtid, tx.primary); err != nil {
+			if lastErr == nil {
+				return false, err
+			}
+			return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
+		}
+		ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
+		err := primary.InsertMarker(ictx, marker)
+		if errors.Is(err, resource.ErrMarkerExists) {
+			var row resource.Marker
+			row, err = primary.ReadMarker(ictx, tx.gtid)
+			if err == nil {
+				cancel()
+				if row.State == resource.StatePreCommit {
+					return true, nil // our own earlier attempt got in
+				}
+				return false, ErrFenced
+			}
+		}
+		cancel()
+		if err == nil {
+			return true, nil
+		}
+		if lastErr == nil && !resource.IsConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) {
+			// A clean refusal on the first attempt: nothing was written.
+			return false, err
+		}
+		// The insert's outcome is unknown. Retrying the same insert is
+		// safe: only this coordinator writes precommit for its gtid, so
+		// ErrMarkerExists then tells which way it went.
+		lastErr = err
+		m.opts.logger.Warn("threepc: decision outcome unknown, retrying", "gtid", tx.gtid, "primary", tx.primary, "attempt", attempt+1, "err", err)
+	}
+}
+
+// preCommit writes the precommit row at every non-primary participant
+// (3PC). Failures do not abort: the decision is already made. It returns
+// where rows went in.
+func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*branch) []string {
+	m := tx.m
+	var others []*branch
+	for _, b := range live {
+		if b.xid.Branch != tx.primary {
+			others = append(others, b)
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
+	defer cancel()
+	errs := m.fanout(others, func(b *branch) error {
+		if err := m.failpoint(cctx, BeforePreCommit, tx.gtid, b.xid.Branch); err != nil {
+			return err
+		}
+		if err := b.res.InsertMarker(cctx, marker); err != nil && !errors.Is(err, resource.ErrMarkerExists) {
+			return err
+		}
+		return m.failpoint(cctx, AfterPreCommit, tx.gtid, b.xid.Branch)
+	})
+	var marked []string
+	for i, err := range errs {
+		if err != nil {
+			m.opts.logger.Warn("threepc: pre-commit marker not written; recovery may need the primary", "gtid", tx.gtid, "resource", others[i].xid.Branch, "err", err)
+			continue
+		}
+		marked = append(marked, others[i].xid.Branch)
+	}
+	return marked
+}
+
+// commitAll commits every prepared branch, retrying within the commit
+// timeout. ctx is already detached from the caller's cancellation.
+func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
+	m := tx.m
+	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
+	defer cancel()
+	errs := m.fanout(live, func(b *branch) error {
+		defer tx.closeBranch(b)
+		if err := m.failpoint(cctx, BeforeCommit, tx.gtid, b.xid.Branch); err != nil {
+			return err
+		}
+		if err := tx.commitBranch(cctx, b); err != nil {
+			return err
+		}
+		return m.failpoint(cctx, AfterCommit, tx.gtid, b.xid.Branch)
+	})
+	var pending []string
+	for i, err := range errs {
+		if err != nil {
+			pending = append(pending, live[i].xid.Branch)
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	return &CommitPendingError{GTID: tx.gtid, Pending: pending, Err: errors.Join(errs...)}
+}
+
+// commitBranch commits one prepared branch: on its own connection first,
+// then by id from the pool, until ctx expires.
+func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
+	m := tx.m
+	giveUp := m.opts.clock.Now().Add(m.opts.commitTimeout)
+	err := b.b.Commit(ctx)
+	for attempt := 1; err != nil; attempt++ {
+		if !m.opts.clock.Now().Before(giveUp) {
+			return err
+		}
+		if errors.Is(err, resource.ErrUnknownBranch) {
+			// After the decision nobody can roll the branch back, so a
+			// branch that is no longer prepared was committed by
+			// recovery. Confirm it is gone rather than assume it.
+			still, lerr := isPrepared(ctx, b)
+			if lerr == nil && !still {
+				return nil
+			}
+			if lerr != nil {
+				err = errors.Join(err, lerr)
+			}
+		}
+		if serr := m.opts.sleep(ctx, backoff(attempt)); serr != nil {
+			return errors.Join(err, serr)
+		}
+		tx.closeBranch(b) // the pinned connection is suspect: go by id
+		err = b.res.CommitPrepared(ctx, b.xid)
+	}
+	return nil
+}
+
+func isPrepared(ctx context.Context, b *branch) (bool, error) {
+	list, err := b.res.Recover(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range list {
+		if p.XID == b.xid {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// cleanup deletes the transaction's marker rows once every branch is
+// committed. Rows it cannot delete are collected by recovery.
+func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
+	m := tx.m
+	cctx, cancel := context.WithTimeout(ctx, m.opts.cleanupTimeout)
+	defer cancel()
+	if err := m.failpoint(cctx, BeforeCleanup, tx.gtid, tx.primary); err != nil {
+		return
+	}
+	// Non-primary rows first: a row left without the primary's is still
+	// collected, and the primary's row is the one that must go last.
+	slices.Reverse(markedAt)
+	for _, name := range markedAt {
+		if err := m.res[name].DeleteMarkers(cctx, tx.gtid); err != nil {
+			m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", name, "err", err)
+		}
+	}
+	_ = m.failpoint(cctx, AfterCleanup, tx.gtid, tx.primary)
+}
+
+// abort rolls back branches and returns the AbortError.
+func (tx *Tx) abort(ctx context.Context, branches []*branch, culprit string, phase resource.Phase, cause error) error {
+	if err := tx.rollbackAll(ctx, branches); err != nil {
+		tx.m.opts.logger.Warn("threepc: rollback incomplete; recovery will finish it", "gtid", tx.gtid, "err", err)
+	}
+	var be *resource.BranchError
+	if culprit == "" && errors.As(cause, &be) {
+		culprit, phase, cause = be.Resource, be.Phase, be.Err
+	}
+	return &AbortError{GTID: tx.gtid, Resource: culprit, Phase: phase, Err: cause}
+}
+
+// rollbackAll rolls back every branch. A prepared branch that cannot be
+// rolled back now stays prepared without a decision: recovery fences it
+// and rolls it back.
+func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
+	m := tx.m
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
+	defer cancel()
+	errs := m.fanout(branches, func(b *branch) error {
+		defer tx.closeBranch(b)
+		if b.readOnly {
+			return nil
+		}
+		if err := m.failpoint(rctx, BeforeRollback, tx.gtid, b.xid.Branch); err != nil {
+			return err
+		}
+		err := b.b.Rollback(rctx)
+		if err != nil && b.prepared && !errors.Is(err, resource.ErrUnknownBranch) {
+			err = b.res.RollbackPrepared(rctx, b.xid)
+		}
+		if err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
+			return &resource.BranchError{Resource: b.xid.Branch, Phase: resource.PhaseRollback, Err: err}
+		}
+		return m.failpoint(rctx, AfterRollback, tx.gtid, b.xid.Branch)
+	})
+	return errors.Join(errs...)
+}
+
+func (tx *Tx) closeBranch(b *branch) {
+	tx.mu.Lock()
+	closed := b.closed
+	b.closed = true
+	tx.mu.Unlock()
+	if !closed {
+		_ = b.b.Close()
+	}
+}
+
+func (tx *Tx) closeAll(branches []*branch) {
+	for _, b := range branches {
+		tx.closeBranch(b)
+	}
+}
+
+// fanout runs f for every branch, in parallel unless the manager is
+// sequential, and returns the errors by index.
+func (m *Manager) fanout(branches []*branch, f func(b *branch) error) []error {
+	errs := make([]error, len(branches))
+	if m.opts.sequential || len(branches) == 1 {
+		for i, b := range branches {
+			errs[i] = f(b)
+		}
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, b := range branches {
+		wg.Go(func() { errs[i] = f(b) })
+	}
+	wg.Wait()
+	return errs
+}
+
+func firstError(errs []error) (int, error) {
+	for i, err := range errs {
+		if err != nil {
+			return i, err
+		}
+	}
+	return -1, nil
+}
+
+func participantNames(branches []*branch) []string {
+	names := make([]string, len(branches))
+	for i, b := range branches {
+		names[i] = b.xid.Branch
+	}
+	slices.Sort(names)
+	return names
+}
+
+func backoff(attempt int) time.Duration {
+	d := 10 * time.Millisecond << min(attempt, 6)
+	return min(d, time.Second)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,18 @@
+package txmanager
+
+import (
+	"context"
+	"time"
+)
+
+// WithSequential makes every fan-out run one branch at a time, in
+// enlistment order, so that model tests are deterministic.
+func WithSequential() Option {
+	return optionFunc(func(o *options) error { o.sequential = true; return nil })
+}
+
+// WithSleep replaces the retry back-off sleep (model tests advance a
+// manual clock instead of waiting).
+func WithSleep(f func(ctx context.Context, d time.Duration) error) Option {
+	return optionFunc(func(o *options) error { o.sleep = f; return nil })
+}

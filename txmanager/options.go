@@ -1,0 +1,165 @@
+package txmanager
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+)
+
+// Protocol selects the commit protocol.
+type Protocol string
+
+// The protocols. They differ in one step: 3PC writes a precommit row at
+// every participant after the decision, so that recovery can finish the
+// transaction while the primary is down; 2PC does not, and blocks then.
+const (
+	ThreePC Protocol = "3pc"
+	TwoPC   Protocol = "2pc"
+)
+
+// Clock is the time source of the coordinator. Deadlines are computed
+// from Now's monotonic reading, never from wall-clock differences.
+type Clock interface {
+	Now() time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// Defaults of the options.
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultDecideTimeout  = 5 * time.Second
+	DefaultCommitTimeout  = 30 * time.Second
+	DefaultCleanupTimeout = 5 * time.Second
+)
+
+// Option configures a Manager. Options are sealed: only this package
+// defines them.
+type Option interface{ apply(*options) error }
+
+type optionFunc func(*options) error
+
+func (f optionFunc) apply(o *options) error { return f(o) }
+
+type options struct {
+	protocol       Protocol
+	timeout        time.Duration
+	decideTimeout  time.Duration
+	commitTimeout  time.Duration
+	cleanupTimeout time.Duration
+	instanceID     string
+	clock          Clock
+	logger         *slog.Logger
+	failpoint      FailpointFunc
+	onePhase       bool
+	sequential     bool // fan out one branch at a time, in order (deterministic tests)
+	sleep          func(ctx context.Context, d time.Duration) error
+}
+
+func defaultOptions() options {
+	host, _ := os.Hostname()
+	return options{
+		protocol:       ThreePC,
+		timeout:        DefaultTimeout,
+		decideTimeout:  DefaultDecideTimeout,
+		commitTimeout:  DefaultCommitTimeout,
+		cleanupTimeout: DefaultCleanupTimeout,
+		instanceID:     fmt.Sprintf("%s/%d", host, os.Getpid()),
+		clock:          systemClock{},
+		logger:         slog.Default(),
+		onePhase:       true,
+		sleep:          sleep,
+	}
+}
+
+// WithProtocol selects ThreePC (the default) or TwoPC.
+func WithProtocol(p Protocol) Option {
+	return optionFunc(func(o *options) error {
+		if p != ThreePC && p != TwoPC {
+			return fmt.Errorf("threepc: unknown protocol %q (want %q or %q)", p, ThreePC, TwoPC)
+		}
+		o.protocol = p
+		return nil
+	})
+}
+
+// WithTimeout sets the transaction timeout: the time from Begin by which
+// the work and the vote (prepare) must be done. Statements run through a
+// branch are cancelled when it expires, which is what breaks a distributed
+// deadlock. Default DefaultTimeout.
+func WithTimeout(d time.Duration) Option {
+	return durationOption(d, "timeout", func(o *options) { o.timeout = d })
+}
+
+// WithDecideTimeout sets how long after the transaction timeout the
+// coordinator may still try to record its decision (retrying an insert
+// whose outcome is unknown). Past that decision deadline it never decides
+// commit. Recovery's in-flight horizon should exceed timeout + decide
+// timeout (see Manager.DecisionWindow). Default DefaultDecideTimeout.
+func WithDecideTimeout(d time.Duration) Option {
+	return durationOption(d, "decide timeout", func(o *options) { o.decideTimeout = d })
+}
+
+// WithCommitTimeout bounds the commit phase, which runs after the commit
+// point and ignores the caller's cancellation. Branches not committed by
+// then are left to recovery and reported by a CommitPendingError. Default
+// DefaultCommitTimeout.
+func WithCommitTimeout(d time.Duration) Option {
+	return durationOption(d, "commit timeout", func(o *options) { o.commitTimeout = d })
+}
+
+// WithCleanupTimeout bounds the deletion of marker rows after a commit.
+// Rows it cannot delete are collected by recovery. Default
+// DefaultCleanupTimeout.
+func WithCleanupTimeout(d time.Duration) Option {
+	return durationOption(d, "cleanup timeout", func(o *options) { o.cleanupTimeout = d })
+}
+
+func durationOption(d time.Duration, what string, set func(*options)) Option {
+	return optionFunc(func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("threepc: %s must be positive, got %v", what, d)
+		}
+		set(o)
+		return nil
+	})
+}
+
+// WithInstanceID sets the id recorded as the owner of marker rows, so an
+// operator can tell which instance ran a transaction. Default
+// "hostname/pid".
+func WithInstanceID(id string) Option {
+	return optionFunc(func(o *options) error {
+		if id == "" || len(id) > 128 {
+			return fmt.Errorf("threepc: instance id must be 1 to 128 bytes, got %d", len(id))
+		}
+		o.instanceID = id
+		return nil
+	})
+}
+
+// WithClock sets the clock (for tests). Default: the system clock.
+func WithClock(c Clock) Option {
+	return optionFunc(func(o *options) error { o.clock = c; return nil })
+}
+
+// WithLogger sets the logger. Default slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(o *options) error { o.logger = l; return nil })
+}
+
+// WithFailpoints installs a hook called at every failpoint (for tests).
+func WithFailpoints(f FailpointFunc) Option {
+	return optionFunc(func(o *options) error { o.failpoint = f; return nil })
+}
+
+// WithOnePhase switches the single-participant optimization: a
+// transaction that enlisted one resource commits it as a plain local
+// transaction, with no prepare and no marker. Default on.
+func WithOnePhase(on bool) Option {
+	return optionFunc(func(o *options) error { o.onePhase = on; return nil })
+}

@@ -1,0 +1,206 @@
+package txmanager
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/threepc/threepc/internal/sqlerr"
+	"github.com/threepc/threepc/resource"
+)
+
+// Tx is one distributed transaction. Its branch handles (DB) may be used
+// from several goroutines; Commit and Rollback end it, once.
+type Tx struct {
+	m        *Manager
+	gtid     string
+	start    time.Time // monotonic
+	deadline time.Time
+
+	mu       sync.Mutex
+	primary  string // the first resource enlisted
+	branches map[string]*branch
+	order    []*branch // enlistment order; order[0] is the primary
+	failed   error     // set when a branch could not be enlisted: Commit must abort
+	done     bool
+	cancels  []context.CancelFunc // statement deadlines, released at the end
+}
+
+// branch is the coordinator's record of one enlisted branch.
+type branch struct {
+	res      resource.Resource
+	b        resource.Branch
+	xid      resource.XID
+	prepared bool // voted VotePrepared
+	readOnly bool // voted VoteReadOnly: finished, leaves the protocol
+	closed   bool
+}
+
+// GTID returns the transaction's global id, as found in branch ids,
+// marker rows, logs and traces.
+func (tx *Tx) GTID() string { return tx.gtid }
+
+// Deadline returns the transaction timeout's deadline.
+func (tx *Tx) Deadline() time.Time { return tx.deadline }
+
+// DB returns the handle of the branch on the named resource. The branch
+// is started on the handle's first statement. The handle satisfies sqlc's
+// DBTX interface (resource.DBTX), so generated query code runs inside the
+// transaction unchanged: queries.New(tx.DB("orders")).
+//
+// An unknown name gives a handle whose every statement fails with
+// ErrUnknownResource.
+func (tx *Tx) DB(name string) resource.DBTX { return handle{tx: tx, name: name} }
+
+// Participants returns the names of the enlisted resources, in
+// enlistment order (the first is the primary).
+func (tx *Tx) Participants() []string {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	names := make([]string, len(tx.order))
+	for i, b := range tx.order {
+		names[i] = b.xid.Branch
+	}
+	return names
+}
+
+// enlist returns the branch on name, beginning it on first use.
+func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.done {
+		return nil, ErrTxDone
+	}
+	if b, ok := tx.branches[name]; ok {
+		return b.b, nil
+	}
+	r, ok := tx.m.res[name]
+	if !ok {
+		return nil, fmt.Errorf("%w %q (have %v)", ErrUnknownResource, name, tx.m.Resources())
+	}
+	if tx.m.opts.clock.Now().After(tx.deadline) {
+		return nil, tx.fail(name, resource.PhaseBegin, ErrTimeout)
+	}
+	primary := tx.primary
+	if primary == "" {
+		primary = name
+	}
+	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name}
+	rb, err := r.Begin(ctx, xid)
+	if err != nil {
+		return nil, tx.fail(name, resource.PhaseBegin, err)
+	}
+	tx.primary = primary
+	b := &branch{res: r, b: rb, xid: xid}
+	tx.branches[name] = b
+	tx.order = append(tx.order, b)
+	return rb, nil
+}
+
+// fail records a failure that dooms the transaction (called with tx.mu
+// held) and returns the error for the statement that saw it.
+func (tx *Tx) fail(name string, phase resource.Phase, err error) error {
+	err = &resource.BranchError{Resource: name, Phase: phase, Err: err}
+	if tx.failed == nil {
+		tx.failed = err
+	}
+	return err
+}
+
+// stmtContext bounds a statement by the transaction timeout. The cancel
+// is kept until the transaction ends because rows may outlive the call.
+func (tx *Tx) stmtContext(ctx context.Context) context.Context {
+	if d, ok := ctx.Deadline(); ok && !d.After(tx.deadline) {
+		return ctx
+	}
+	ctx, cancel := context.WithDeadlineCause(ctx, tx.wallDeadline(), ErrTimeout)
+	tx.mu.Lock()
+	tx.cancels = append(tx.cancels, cancel)
+	tx.mu.Unlock()
+	return ctx
+}
+
+// wallDeadline converts the deadline (read from the injected clock) to
+// the system clock that contexts use.
+func (tx *Tx) wallDeadline() time.Time {
+	return time.Now().Add(tx.deadline.Sub(tx.m.opts.clock.Now()))
+}
+
+// stmtError marks statement errors caused by the transaction timeout.
+func (tx *Tx) stmtError(err error) error {
+	if err == nil || errors.Is(err, ErrTimeout) {
+		return err
+	}
+	if !tx.m.opts.clock.Now().Before(tx.deadline) {
+		return fmt.Errorf("%w (%v after begin; a distributed deadlock, which neither database can detect, ends this way): %w",
+			ErrTimeout, tx.m.opts.timeout, err)
+	}
+	return err
+}
+
+// finish marks the transaction done and returns its branches, or
+// ErrTxDone.
+func (tx *Tx) finish() ([]*branch, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.done {
+		return nil, ErrTxDone
+	}
+	tx.done = true
+	return slices.Clone(tx.order), nil
+}
+
+func (tx *Tx) releaseStatements() {
+	tx.mu.Lock()
+	cancels := tx.cancels
+	tx.cancels = nil
+	tx.mu.Unlock()
+	for _, c := range cancels {
+		c()
+	}
+}
+
+// handle is a branch handle: Tx.DB's result.
+type handle struct {
+	tx   *Tx
+	name string
+}
+
+func (h handle) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	b, err := h.tx.enlist(ctx, h.name)
+	if err != nil {
+		return nil, err
+	}
+	res, err := b.ExecContext(h.tx.stmtContext(ctx), query, args...)
+	return res, h.tx.stmtError(err)
+}
+
+func (h handle) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	b, err := h.tx.enlist(ctx, h.name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := b.PrepareContext(h.tx.stmtContext(ctx), query)
+	return st, h.tx.stmtError(err)
+}
+
+func (h handle) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	b, err := h.tx.enlist(ctx, h.name)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := b.QueryContext(h.tx.stmtContext(ctx), query, args...)
+	return rows, h.tx.stmtError(err)
+}
+
+func (h handle) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	b, err := h.tx.enlist(ctx, h.name)
+	if err != nil {
+		return sqlerr.Row(err)
+	}
+	return b.QueryRowContext(h.tx.stmtContext(ctx), query, args...)
+}
