@@ -333,3 +333,18 @@ func TestModelSeededBugs(t *testing.T) {
 		})
 	}
 }
+
+// TestModelSweep runs many more random scenarios than rapid's default,
+// from fixed seeds (reproducible by seed).
+func TestModelSweep(t *testing.T) {
+	n := uint64(5000)
+	if testing.Short() {
+		n = 500
+	}
+	for seed := uint64(0); seed < n; seed++ {
+		r := scenario{faults: true, pauses: true}.run(randChooser{rand.New(rand.NewPCG(seed, 11))})
+		if r.violation != "" {
+			t.Fatalf("seed %d: %s\ntrace:\n%s", seed, r.violation, r.trace)
+		}
+	}
+}
