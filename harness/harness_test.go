@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -392,5 +394,81 @@ func TestReportUnavailable(t *testing.T) {
 	reportUnavailable(&bad, MariaDB, err, false)
 	if bad.skip != "" || !strings.Contains(bad.fatal, "loopback") {
 		t.Errorf("bad env URL outside CI: fatal %q, skip %q; want a failure", bad.fatal, bad.skip)
+	}
+}
+
+func TestTemplateDamageIsRepaired(t *testing.T) {
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var lines []string
+	opts := Options{Dir: dir, Log: func(format string, args ...any) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, fmt.Sprintf(format, args...))
+	}}
+	logged := func(sub string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, l := range lines {
+			if strings.Contains(l, sub) {
+				return true
+			}
+		}
+		return false
+	}
+	startClose := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		s, err := Start(ctx, Postgres, opts)
+		if err != nil {
+			if errors.Is(err, ErrBinariesMissing) && os.Getenv("CI") != "true" {
+				t.Skipf("%v", err)
+			}
+			t.Fatal(err)
+		}
+		db := open(t, s, "")
+		if err := db.Ping(); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmpl := func() string {
+		m, _ := filepath.Glob(filepath.Join(dir, "threepc-cache-postgres-*"))
+		if len(m) != 1 {
+			t.Fatalf("templates in %s: %q, want one", dir, m)
+		}
+		return m[0]
+	}
+
+	startClose() // makes the template
+	startClose()
+	if !logged("copy of template") {
+		t.Fatalf("second start did not use the template: %q", lines)
+	}
+
+	// A missing file fails the manifest check.
+	if err := os.Remove(filepath.Join(tmpl(), "data", "postgresql.auto.conf")); err != nil {
+		t.Fatal(err)
+	}
+	startClose()
+	if !logged("discarding template") {
+		t.Fatalf("damaged template not discarded: %q", lines)
+	}
+
+	// Same size, wrong content: the server refuses it, the harness
+	// starts over with initdb.
+	if err := os.WriteFile(filepath.Join(tmpl(), "data", "PG_VERSION"), []byte("99\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startClose()
+	if !logged("from template failed") {
+		t.Fatalf("unusable template not replaced: %q", lines)
+	}
+	if b, err := os.ReadFile(filepath.Join(tmpl(), "data", "PG_VERSION")); err != nil || string(b) == "99\n" {
+		t.Fatalf("template PG_VERSION = %q, %v after repair", b, err)
 	}
 }

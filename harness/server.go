@@ -134,7 +134,8 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 	allMu.Unlock()
 
 	t0 := time.Now()
-	if err := s.initData(ctx); err != nil {
+	fromTemplate, err := s.prepareData(ctx)
+	if err != nil {
 		s.Close()
 		return nil, err
 	}
@@ -152,13 +153,30 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 		if err == nil {
 			break
 		}
-		if attempt == 3 || !errors.Is(err, errPortInUse) {
+		if attempt < 3 && errors.Is(err, errPortInUse) {
+			continue
+		}
+		if !fromTemplate {
+			s.Close()
+			return nil, err
+		}
+		// A template that copies cleanly but does not start is damaged
+		// in a way the manifest misses: replace it and start afresh.
+		s.logf("harness: %s from template failed, making a fresh data directory: %v", kind, err)
+		fromTemplate = false
+		os.RemoveAll(s.templateDir())
+		os.RemoveAll(s.dataDir)
+		if _, err := s.prepareData(ctx); err != nil {
 			s.Close()
 			return nil, err
 		}
 	}
-	s.logf("harness: %s started on %s in %v (init %v), dir %s", kind, s.Addr(),
-		time.Since(t0).Round(time.Millisecond), t1.Sub(t0).Round(time.Millisecond), dir)
+	how := "init"
+	if fromTemplate {
+		how = "copy of template"
+	}
+	s.logf("harness: %s started on %s in %v (%s %v), dir %s", kind, s.Addr(),
+		time.Since(t0).Round(time.Millisecond), how, t1.Sub(t0).Round(time.Millisecond), dir)
 	return s, nil
 }
 
