@@ -1,0 +1,601 @@
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/threepc/threepc/resource"
+)
+
+// branchState is where a branch is in the XA state machine, as far as the
+// driver knows.
+type branchState int
+
+const (
+	stActive       branchState = iota // after XA START: the work phase
+	stRollbackOnly                    // the server rolled the work back (1402/1613/1614); XA ROLLBACK ends it
+	stPrepared                        // after XA PREPARE
+	stPrepareLost                     // XA PREPARE sent, connection broke: maybe prepared
+	stOnePhaseLost                    // XA COMMIT ONE PHASE sent, connection broke: outcome unknown
+	stCommitted
+	stRolledBack
+)
+
+func (s branchState) String() string {
+	switch s {
+	case stActive:
+		return "active"
+	case stRollbackOnly:
+		return "rollback-only"
+	case stPrepared:
+		return "prepared"
+	case stPrepareLost:
+		return "prepare outcome unknown"
+	case stOnePhaseLost:
+		return "one-phase commit outcome unknown"
+	case stCommitted:
+		return "committed"
+	case stRolledBack:
+		return "rolled back"
+	}
+	return "invalid"
+}
+
+// Branch is one XA transaction branch on a pinned connection. It
+// implements resource.Branch; see the package documentation for the rules
+// it follows.
+type Branch struct {
+	r        *Resource
+	xid      resource.XID
+	lit      string // the XA id as SQL
+	conn     *sql.Conn
+	threadID int64 // CONNECTION_ID() of the pinned session
+	// detachOnPrepare: MySQL 8.0.29+ with xa_detach_on_prepare=ON, where
+	// the session is free again once XA PREPARE returns.
+	detachOnPrepare bool
+	// before is the sum of the session's Handler_write, Handler_update and
+	// Handler_delete counters before XA START; countersOK says whether
+	// they could be read (read-only detection is on).
+	before     int64
+	countersOK bool
+
+	running atomic.Int32 // user statements in flight
+
+	mu     sync.Mutex
+	state  branchState
+	live   bool  // conn is still pinned to this branch (not released nor discarded)
+	orphan bool  // conn was discarded while the branch was (maybe) prepared: its session must be gone before by-id statements
+	failed error // first error a user statement returned
+	killed bool  // the session was killed by Rollback from another goroutine
+	closed bool
+}
+
+var _ resource.Branch = (*Branch)(nil)
+
+// handlerCounters is the status variables whose sum moves whenever the
+// session writes a row through any storage engine.
+const handlerCounters = "('HANDLER_WRITE', 'HANDLER_UPDATE', 'HANDLER_DELETE')"
+
+func (r *Resource) countersExpr(v serverVersion) string {
+	t := v.statusTable()
+	return "(SELECT COALESCE(SUM(CAST(VARIABLE_VALUE AS UNSIGNED)), 0) FROM " + t +
+		" WHERE UPPER(VARIABLE_NAME) IN " + handlerCounters + "), (SELECT COUNT(*) FROM " + t +
+		" WHERE UPPER(VARIABLE_NAME) IN " + handlerCounters + ")"
+}
+
+// Begin pins a pool connection and starts an XA branch on it. xid must be
+// valid and xid.Branch must be this resource's name. 1440 XAER_DUPID maps
+// to resource.ErrBranchExists.
+func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch, error) {
+	if err := r.checkXID(xid); err != nil {
+		return nil, err
+	}
+	v, err := r.serverVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.supported(); err != nil {
+		return nil, err
+	}
+	what := "XA START of " + xid.String()
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return nil, r.unreachable(what, err)
+	}
+	b := &Branch{r: r, xid: xid, lit: xidLiteral(xid), conn: conn, live: true}
+
+	detach := "0"
+	if v.detachCapable() {
+		detach = "@@session.xa_detach_on_prepare"
+	}
+	counters := "0, 0"
+	if !r.cfg.DisableReadOnlyVote {
+		counters = r.countersExpr(v)
+	}
+	var detachOn, count int64
+	err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach+", "+counters).Scan(&b.threadID, &detachOn, &b.before, &count)
+	if err != nil && mysqlErrno(err) != 0 && counters != "0, 0" {
+		// The status table may be missing (performance_schema off):
+		// without counters every branch votes prepared.
+		err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach).Scan(&b.threadID, &detachOn)
+		count = 0
+	}
+	if err != nil {
+		discard(conn)
+		return nil, r.unreachable(what, err)
+	}
+	b.detachOnPrepare = detachOn != 0
+	b.countersOK = count == 3
+
+	if _, err := conn.ExecContext(ctx, "XA START "+b.lit); err != nil {
+		if mysqlErrno(err) == erXAERDupID {
+			// The session is unchanged: no XA was started.
+			_ = conn.Close()
+			return nil, wrap(what, resource.ErrBranchExists, err)
+		}
+		discard(conn)
+		return nil, r.unreachable(what, err)
+	}
+	return b, nil
+}
+
+// XID is the branch's id.
+func (b *Branch) XID() resource.XID { return b.xid }
+
+// workConn returns the pinned connection for a user statement.
+func (b *Branch) workConn() (*sql.Conn, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return nil, fmt.Errorf("threepc/mysql: branch %s is closed", b.xid)
+	case b.state != stActive:
+		return nil, fmt.Errorf("threepc/mysql: branch %s is %s, not active", b.xid, b.state)
+	}
+	return b.conn, nil
+}
+
+// note records the first error of a user statement: it makes Prepare
+// refuse.
+func (b *Branch) note(err error) {
+	if err == nil {
+		return
+	}
+	b.mu.Lock()
+	if b.failed == nil {
+		b.failed = err
+	}
+	b.mu.Unlock()
+}
+
+// ExecContext runs a statement inside the branch.
+func (b *Branch) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	c, err := b.workConn()
+	if err != nil {
+		return nil, err
+	}
+	b.running.Add(1)
+	res, err := c.ExecContext(ctx, query, args...)
+	b.running.Add(-1)
+	b.note(err)
+	return res, err
+}
+
+// QueryContext runs a query inside the branch. Errors reported later by
+// Rows.Err are not seen by the branch.
+func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	c, err := b.workConn()
+	if err != nil {
+		return nil, err
+	}
+	b.running.Add(1)
+	rows, err := c.QueryContext(ctx, query, args...)
+	b.running.Add(-1)
+	b.note(err)
+	return rows, err
+}
+
+// QueryRowContext runs a query that returns at most one row inside the
+// branch. On a branch that is no longer active the query runs on the
+// finished connection and fails (sql.ErrConnDone or XAER_RMFAIL).
+func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	b.mu.Lock()
+	c := b.conn
+	b.mu.Unlock()
+	b.running.Add(1)
+	row := c.QueryRowContext(ctx, query, args...)
+	b.running.Add(-1)
+	b.note(row.Err())
+	return row
+}
+
+// PrepareContext prepares a statement on the branch's connection. Errors
+// of its later executions are not seen by the branch.
+func (b *Branch) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
+	c, err := b.workConn()
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.PrepareContext(ctx, query)
+	b.note(err)
+	return st, err
+}
+
+// exec runs a statement of the driver's own on the pinned connection.
+func (b *Branch) exec(ctx context.Context, stmt string) error {
+	_, err := b.conn.ExecContext(ctx, stmt+" "+b.lit)
+	return err
+}
+
+// release hands the pinned connection back to the pool; only for a
+// session without any XA state.
+func (b *Branch) release() {
+	if b.live {
+		b.live = false
+		_ = b.conn.Close()
+	}
+}
+
+// drop discards the pinned connection. If the branch may be prepared, its
+// session must be gone before the branch can be finished by id.
+func (b *Branch) drop() {
+	if b.live {
+		b.live = false
+		discard(b.conn)
+		if b.state == stPrepared || b.state == stPrepareLost {
+			b.orphan = true
+		}
+	}
+}
+
+// written reports whether the session wrote a row since Begin.
+func (b *Branch) written(ctx context.Context) (bool, error) {
+	if !b.countersOK || b.r.cfg.DisableReadOnlyVote {
+		return true, nil
+	}
+	v, err := b.r.serverVersion(ctx)
+	if err != nil {
+		return true, err
+	}
+	var after, count int64
+	if err := b.conn.QueryRowContext(ctx, "SELECT "+b.r.countersExpr(v)).Scan(&after, &count); err != nil {
+		if mysqlErrno(err) != 0 {
+			return true, nil
+		}
+		return true, err
+	}
+	return count != 3 || after != b.before, nil
+}
+
+// Prepare ends the branch and votes. A branch that wrote no row is
+// committed at once (XA COMMIT ONE PHASE) and votes
+// resource.VoteReadOnly; any other is prepared. 1402, 1613 and 1614 refuse
+// with resource.ErrPrepareRefused, as does an earlier statement error.
+func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	what := "prepare of " + b.xid.String()
+	if err := b.checkActive(what); err != nil {
+		return 0, err
+	}
+	if b.failed != nil {
+		return 0, fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+	}
+	wrote, err := b.written(ctx)
+	if err != nil {
+		return 0, b.workFailed(what, err)
+	}
+	if err := b.exec(ctx, "XA END"); err != nil {
+		return 0, b.endFailed(what, err)
+	}
+	if !wrote {
+		if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
+			return 0, b.onePhaseFailed(what, err, true)
+		}
+		b.state = stCommitted
+		b.release()
+		return resource.VoteReadOnly, nil
+	}
+	if err := b.exec(ctx, "XA PREPARE"); err != nil {
+		switch {
+		case isConnErr(err) || isCtxErr(err):
+			b.state = stPrepareLost
+			b.drop()
+			return 0, wrapConn(what+" (the branch may be prepared: roll it back)", err)
+		case isRollbackOnly(err):
+			b.state = stRollbackOnly
+			return 0, wrap(what, resource.ErrPrepareRefused, err)
+		}
+		// An error reply means XA PREPARE did not happen; the session is
+		// still in the IDLE state, which XA ROLLBACK ends.
+		b.state = stRollbackOnly
+		return 0, wrap(what, resource.ErrPrepareRefused, err)
+	}
+	b.state = stPrepared
+	if b.detachOnPrepare {
+		// MySQL detached the prepared XA from the session: the connection
+		// is clean, and the branch is finished by id.
+		b.release()
+	}
+	return resource.VotePrepared, nil
+}
+
+func (b *Branch) checkActive(what string) error {
+	switch {
+	case b.closed:
+		return fmt.Errorf("threepc/mysql: %s: branch is closed", what)
+	case b.state != stActive:
+		return fmt.Errorf("threepc/mysql: %s: branch is %s, not active", what, b.state)
+	}
+	return nil
+}
+
+// workFailed handles a failure of the driver's own query while the branch
+// is still active.
+func (b *Branch) workFailed(what string, err error) error {
+	if isConnErr(err) || isCtxErr(err) {
+		// An unprepared XA dies with its session.
+		b.state = stRolledBack
+		b.drop()
+	}
+	return wrapConn(what, err)
+}
+
+// endFailed handles an error of XA END.
+func (b *Branch) endFailed(what string, err error) error {
+	switch {
+	case isRollbackOnly(err):
+		b.state = stRollbackOnly
+		return wrap(what, resource.ErrPrepareRefused, err)
+	case isConnErr(err) || isCtxErr(err):
+		return b.workFailed(what, err)
+	}
+	b.state = stRollbackOnly
+	return wrap(what, resource.ErrPrepareRefused, err)
+}
+
+// onePhaseFailed handles an error of XA COMMIT ... ONE PHASE.
+func (b *Branch) onePhaseFailed(what string, err error, readOnly bool) error {
+	switch {
+	case isConnErr(err) || isCtxErr(err):
+		if readOnly {
+			// Committed or rolled back, a branch without writes has the
+			// same outcome either way.
+			b.state = stRolledBack
+		} else {
+			b.state = stOnePhaseLost
+		}
+		b.drop()
+		return wrapConn(what, err)
+	case isRollbackOnly(err):
+		b.state = stRollbackOnly
+		return wrap(what, resource.ErrPrepareRefused, err)
+	}
+	b.state = stRollbackOnly
+	return wrap(what, resource.ErrPrepareRefused, err)
+}
+
+// CommitOnePhase commits a branch that was never prepared: XA END, then
+// XA COMMIT ... ONE PHASE. A branch with a failed statement refuses with
+// resource.ErrPrepareRefused.
+func (b *Branch) CommitOnePhase(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	what := "one-phase commit of " + b.xid.String()
+	if err := b.checkActive(what); err != nil {
+		return err
+	}
+	if b.failed != nil {
+		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+	}
+	if err := b.exec(ctx, "XA END"); err != nil {
+		return b.endFailed(what, err)
+	}
+	if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
+		return b.onePhaseFailed(what, err, false)
+	}
+	b.state = stCommitted
+	b.release()
+	return nil
+}
+
+// Commit commits the prepared branch: on its pinned connection while that
+// is alive, by id otherwise.
+func (b *Branch) Commit(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	what := "commit of " + b.xid.String()
+	switch b.state {
+	case stCommitted:
+		return nil
+	case stPrepared, stPrepareLost:
+	case stOnePhaseLost:
+		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)
+	default:
+		return fmt.Errorf("threepc/mysql: %s: branch is %s, not prepared", what, b.state)
+	}
+	if b.live {
+		err := b.exec(ctx, "XA COMMIT")
+		if err == nil {
+			b.state = stCommitted
+			b.release()
+			return nil
+		}
+		if !isConnErr(err) && !isCtxErr(err) {
+			return b.mapFinish(what, err)
+		}
+		b.drop()
+		if isCtxErr(err) {
+			return wrapConn(what, err)
+		}
+		// The session is gone: commit by id below.
+	}
+	return b.finishByID(ctx, what, true)
+}
+
+// mapFinish maps an error of XA COMMIT/ROLLBACK on the pinned connection.
+func (b *Branch) mapFinish(what string, err error) error {
+	switch mysqlErrno(err) {
+	case erXAERNota:
+		return wrap(what, resource.ErrUnknownBranch, err)
+	case erXAERRmfail:
+		return wrap(what, resource.ErrBranchBusy, err)
+	}
+	return wrapConn(what, err)
+}
+
+// finishByID finishes a prepared branch whose session is gone.
+func (b *Branch) finishByID(ctx context.Context, what string, commit bool) error {
+	if err := b.awaitDetach(ctx); err != nil {
+		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
+	}
+	err := b.r.finishByID(ctx, b.xid, commit)
+	if err == nil {
+		if commit {
+			b.state = stCommitted
+		} else {
+			b.state = stRolledBack
+		}
+	}
+	return err
+}
+
+// awaitDetach makes sure the session that prepared the branch is gone, so
+// that the server has detached the prepared XA and by-id statements find
+// it: while the session lives, MariaDB answers 1397 XAER_NOTA for it. The
+// session is killed (a user may kill its own sessions) and the process
+// list polled until it no longer shows it.
+func (b *Branch) awaitDetach(ctx context.Context) error {
+	if !b.orphan || b.threadID == 0 {
+		return nil
+	}
+	_, err := b.r.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(b.threadID, 10))
+	if err != nil && mysqlErrno(err) != erUnknownThread {
+		return b.r.unreachable("killing the branch's old session", err)
+	}
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		var n int
+		err := b.r.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", b.threadID).Scan(&n)
+		if err != nil {
+			return b.r.unreachable("waiting for the branch's old session to end", err)
+		}
+		if n == 0 {
+			b.orphan = false
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: the session that prepared the branch is still ending: %w", resource.ErrBranchBusy, ctx.Err())
+		case <-time.After(delay):
+		}
+	}
+}
+
+// Rollback rolls the branch back whatever its state. Called from another
+// goroutine while a statement of the branch is running, it kills the
+// branch's session first, which rolls the unprepared XA back at once.
+func (b *Branch) Rollback(ctx context.Context) error {
+	if b.running.Load() > 0 {
+		b.killRunning(ctx)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	what := "rollback of " + b.xid.String()
+	switch b.state {
+	case stRolledBack:
+		return nil
+	case stCommitted:
+		return fmt.Errorf("threepc/mysql: %s: the branch is already committed", what)
+	case stOnePhaseLost:
+		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)
+	case stActive, stRollbackOnly:
+		if b.live && !b.killed {
+			if b.state == stActive {
+				// XA ROLLBACK of an ACTIVE branch fails with 1399: end it
+				// first. An error here (1402/1613/1614: already rolled
+				// back by the server) still leaves the branch for XA
+				// ROLLBACK.
+				_ = b.exec(ctx, "XA END")
+			}
+			if err := b.exec(ctx, "XA ROLLBACK"); err == nil {
+				b.state = stRolledBack
+				b.release()
+				return nil
+			}
+		}
+		// Whatever went wrong, an unprepared XA cannot outlive its
+		// session: closing the connection rolls it back.
+		b.state = stRolledBack
+		b.drop()
+		return nil
+	}
+	// Prepared, or maybe prepared.
+	if b.live {
+		err := b.exec(ctx, "XA ROLLBACK")
+		if err == nil {
+			b.state = stRolledBack
+			b.release()
+			return nil
+		}
+		if !isConnErr(err) && !isCtxErr(err) {
+			return b.mapFinish(what, err)
+		}
+		b.drop()
+		if isCtxErr(err) {
+			return wrapConn(what, err)
+		}
+	}
+	return b.finishByID(ctx, what, false)
+}
+
+// killRunning kills the branch's session while a user statement runs on
+// it (a lock wait of a distributed deadlock, say), so that Rollback need
+// not wait for the statement.
+func (b *Branch) killRunning(ctx context.Context) {
+	b.mu.Lock()
+	active := b.state == stActive && b.live && b.threadID != 0 && !b.killed
+	if active {
+		b.killed = true
+	}
+	b.mu.Unlock()
+	if active {
+		_, _ = b.r.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(b.threadID, 10))
+	}
+}
+
+// closeDetachTimeout bounds how long Close waits for the server to detach
+// a prepared branch from its discarded session.
+const closeDetachTimeout = 2 * time.Second
+
+// Close releases the pinned connection. A connection whose branch is not
+// finished is discarded, never handed back to the pool; a prepared branch
+// survives on the server, and Close waits (briefly) until the server has
+// detached it so that it can be finished by id at once. Close is
+// idempotent.
+func (b *Branch) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	if b.live && (b.state == stCommitted || b.state == stRolledBack) && !b.killed {
+		b.release()
+		return nil
+	}
+	b.drop()
+	if b.orphan {
+		ctx, cancel := context.WithTimeout(context.Background(), closeDetachTimeout)
+		defer cancel()
+		if err := b.awaitDetach(ctx); err != nil && !errors.Is(err, resource.ErrBranchBusy) {
+			return fmt.Errorf("threepc/mysql: close of %s: %w", b.xid, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,97 @@
+package mysql
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	mysqldriver "github.com/go-sql-driver/mysql"
+
+	"github.com/threepc/threepc/resource"
+)
+
+// MySQL and MariaDB error numbers the driver maps.
+const (
+	erServerShutdown   = 1053 // ER_SERVER_SHUTDOWN
+	erUnknownThread    = 1094 // ER_NO_SUCH_THREAD
+	erDupEntry         = 1062 // ER_DUP_ENTRY
+	erNoSuchTable      = 1146 // ER_NO_SUCH_TABLE
+	erAccessDenied     = 1227 // ER_SPECIFIC_ACCESS_DENIED_ERROR
+	erXAERNota         = 1397 // XAER_NOTA: unknown XID
+	erXAERRmfail       = 1399 // XAER_RMFAIL: wrong XA state for the command
+	erXAERDupID        = 1440 // XAER_DUPID
+	erXARBRollback     = 1402 // XA_RBROLLBACK
+	erXARBTimeout      = 1613 // XA_RBTIMEOUT
+	erXARBDeadlock     = 1614 // XA_RBDEADLOCK
+	erConnectionKilled = 1927 // ER_CONNECTION_KILLED (MariaDB)
+	crServerGone       = 2006 // CR_SERVER_GONE_ERROR
+	crServerLost       = 2013 // CR_SERVER_LOST
+)
+
+// mysqlErrno returns the server error number in err's chain, or 0.
+func mysqlErrno(err error) uint16 {
+	var me *mysqldriver.MySQLError
+	if errors.As(err, &me) {
+		return me.Number
+	}
+	return 0
+}
+
+// isConnErr reports whether err means the connection or server failed, so
+// that the outcome of the statement in flight is unknown.
+func isConnErr(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch mysqlErrno(err) {
+	case erServerShutdown, erConnectionKilled, crServerGone, crServerLost:
+		return true
+	}
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysqldriver.ErrInvalidConn) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne)
+}
+
+// isCtxErr reports whether err is the cancellation or deadline of a
+// context. go-sql-driver closes the connection when a statement's context
+// ends, so the statement's outcome is then unknown too.
+func isCtxErr(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// wrap returns err with the package prefix, what was being done, and the
+// sentinel (if any) that the error maps to. The original error stays in
+// the chain.
+func wrap(what string, sentinel, err error) error {
+	if sentinel == nil {
+		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
+	}
+	return fmt.Errorf("threepc/mysql: %s: %w: %w", what, sentinel, err)
+}
+
+// wrapConn wraps err, mapping broken connections to ErrUnreachable.
+func wrapConn(what string, err error) error {
+	if isConnErr(err) {
+		return wrap(what, resource.ErrUnreachable, err)
+	}
+	return wrap(what, nil, err)
+}
+
+// isRollbackOnly reports whether err says the server rolled the branch
+// back on its own (the branch can only be rolled back now).
+func isRollbackOnly(err error) bool {
+	switch mysqlErrno(err) {
+	case erXARBRollback, erXARBTimeout, erXARBDeadlock:
+		return true
+	}
+	return false
+}
