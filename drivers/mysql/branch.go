@@ -73,7 +73,10 @@ type Branch struct {
 	orphan bool  // conn was discarded while the branch was (maybe) prepared: its session must be gone before by-id statements
 	failed error // first error a user statement returned
 	killed bool  // the session was killed by Rollback from another goroutine
-	closed bool
+	// readOnly: the branch voted read-only (and is committed: it wrote
+	// nothing, so rolling it back is the same).
+	readOnly bool
+	closed   bool
 }
 
 var _ resource.Branch = (*Branch)(nil)
@@ -299,6 +302,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 			return 0, b.onePhaseFailed(what, err, true)
 		}
 		b.state = stCommitted
+		b.readOnly = true
 		b.release()
 		return resource.VoteReadOnly, nil
 	}
@@ -318,10 +322,18 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		return 0, wrap(what, resource.ErrPrepareRefused, err)
 	}
 	b.state = stPrepared
-	if b.detachOnPrepare {
+	switch {
+	case b.detachOnPrepare:
 		// MySQL detached the prepared XA from the session: the connection
 		// is clean, and the branch is finished by id.
 		b.release()
+	case !b.r.cfg.KeepAttached:
+		// Detach it ourselves by ending the session, so that recovery can
+		// finish the branch by id even while this coordinator stalls. The
+		// branch is prepared whatever happens next; if the wait fails,
+		// Commit and Rollback wait again.
+		b.drop()
+		_ = b.awaitDetach(ctx)
 	}
 	return resource.VotePrepared, nil
 }
@@ -468,17 +480,15 @@ func (b *Branch) finishByID(ctx context.Context, what string, commit bool) error
 
 // awaitDetach makes sure the session that prepared the branch is gone, so
 // that the server has detached the prepared XA and by-id statements find
-// it: while the session lives, MariaDB answers 1397 XAER_NOTA for it. The
-// session is killed (a user may kill its own sessions) and the process
-// list polled until it no longer shows it.
+// it: while the session lives, MariaDB answers 1397 XAER_NOTA for it.
+// MariaDB detaches the XA in THD::cleanup, before the session leaves the
+// process list, so a session missing from the list has been detached. A
+// session still listed is killed (users may kill their own sessions).
 func (b *Branch) awaitDetach(ctx context.Context) error {
 	if !b.orphan || b.threadID == 0 {
 		return nil
 	}
-	_, err := b.r.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(b.threadID, 10))
-	if err != nil && mysqlErrno(err) != erUnknownThread {
-		return b.r.unreachable("killing the branch's old session", err)
-	}
+	killed := false
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		var n int
 		err := b.r.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?", b.threadID).Scan(&n)
@@ -488,6 +498,14 @@ func (b *Branch) awaitDetach(ctx context.Context) error {
 		if n == 0 {
 			b.orphan = false
 			return nil
+		}
+		if !killed {
+			killed = true
+			_, err := b.r.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(b.threadID, 10))
+			if err != nil && mysqlErrno(err) != erUnknownThread {
+				return b.r.unreachable("killing the branch's old session", err)
+			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -511,6 +529,9 @@ func (b *Branch) Rollback(ctx context.Context) error {
 	case stRolledBack:
 		return nil
 	case stCommitted:
+		if b.readOnly {
+			return nil
+		}
 		return fmt.Errorf("threepc/mysql: %s: the branch is already committed", what)
 	case stOnePhaseLost:
 		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)

@@ -16,15 +16,21 @@
 //   - MariaDB (and MySQL before 8.0.29 or with xa_detach_on_prepare=OFF)
 //     keeps a prepared XA attached to the session that prepared it: another
 //     session gets 1397 XAER_NOTA for it, and the owning session can run
-//     nothing that touches a table (1399 XAER_RMFAIL). So Branch.Commit and
-//     Branch.Rollback finish a prepared branch on its own pinned
-//     connection while that is alive. If the connection is lost, the
-//     branch kills the old session (KILL CONNECTION, own sessions need no
-//     privilege) and waits until it is gone from the process list, so that
-//     the server has detached the prepared XA, before it finishes the
-//     branch by id from a pool connection. MySQL 8.0.29+ with
-//     xa_detach_on_prepare=ON detaches at prepare; the pinned connection is
-//     then handed back to the pool right after XA PREPARE.
+//     nothing that touches a table (1399 XAER_RMFAIL). Recovery must be
+//     able to finish the branch of a stalled coordinator, so by default
+//     Prepare detaches the branch itself: right after XA PREPARE it ends
+//     the pinned session (the connection is discarded, not pooled) and
+//     waits until the session has left the process list (MariaDB detaches
+//     the XA in THD::cleanup, before that), killing it if it lingers (own
+//     sessions need no privilege). Commit and Rollback then finish the
+//     branch by id from a pool connection, as recovery would. This costs
+//     one reconnect per prepared branch; Config.KeepAttached keeps the
+//     branch on its session instead and commits it there, at the price of
+//     recovery seeing 1397 for it until the coordinator's connection dies
+//     (the branch then kills the old session and waits the same way
+//     before going by id). MySQL 8.0.29+ with xa_detach_on_prepare=ON
+//     detaches at prepare by itself; the pinned connection is then clean
+//     and goes back to the pool right after XA PREPARE.
 //   - A connection is never handed back to the pool in any XA state:
 //     Branch.Close discards (closes) a connection whose branch is not
 //     finished, and the server rolls back an unprepared XA or detaches a

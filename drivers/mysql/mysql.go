@@ -29,6 +29,16 @@ type Config struct {
 	// be measured against its absence. It also saves the two status
 	// queries per branch that read-only detection costs.
 	DisableReadOnlyVote bool
+
+	// KeepAttached keeps a prepared branch attached to its pinned session
+	// (MariaDB, and MySQL with xa_detach_on_prepare=OFF) and commits it
+	// there, saving the reconnect that detaching costs. The price: while
+	// the coordinator holds the branch, the server answers 1397 XAER_NOTA
+	// to everyone else, so recovery cannot finish the branch of a stalled
+	// coordinator until its connection dies. By default Prepare ends the
+	// session right after XA PREPARE, which detaches the branch, and
+	// Commit and Rollback finish it by id.
+	KeepAttached bool
 }
 
 // Resource is a MySQL or MariaDB schema taking part in threepc

@@ -189,8 +189,10 @@ func wantErrno(t *testing.T, err error, n uint16) {
 	}
 }
 
-func TestPrepareCommitSameConn(t *testing.T) {
-	r, db := newResource(t, "shop", Config{})
+// TestKeepAttached: with Config.KeepAttached the prepared branch stays on
+// its pinned session, where it is committed; other sessions get 1397.
+func TestKeepAttached(t *testing.T) {
+	r, db := newResource(t, "shop", Config{KeepAttached: true})
 	ctx := testCtx(t)
 	x := newXID(r)
 	b := mustBegin(t, r, x)
@@ -286,6 +288,62 @@ func TestClosedPreparedCommittedByID(t *testing.T) {
 	checkPool(t, db)
 }
 
+// TestDetachedAtPrepare: by default Prepare ends the pinned session, so
+// the prepared branch can be finished by id at once (recovery of a stalled
+// coordinator), and the coordinator then learns it is gone.
+func TestDetachedAtPrepare(t *testing.T) {
+	r, db := newResource(t, "shop", Config{})
+	ctx := testCtx(t)
+	for _, commit := range []bool{true, false} {
+		x := newXID(r)
+		b := mustBegin(t, r, x)
+		mustExec(t, b, "INSERT INTO t VALUES (?, 1)", map[bool]int{true: 7, false: 8}[commit])
+		if v, err := b.Prepare(ctx); err != nil || v != resource.VotePrepared {
+			t.Fatalf("Prepare = %v, %v", v, err)
+		}
+		var err error
+		if commit {
+			err = r.CommitPrepared(ctx, x)
+		} else {
+			err = r.RollbackPrepared(ctx, x)
+		}
+		if err != nil {
+			t.Fatalf("by id right after Prepare (commit=%v): %v", commit, err)
+		}
+		if err := b.Commit(ctx); !errors.Is(err, resource.ErrUnknownBranch) {
+			t.Fatalf("Branch.Commit after it was finished elsewhere = %v, want ErrUnknownBranch", err)
+		}
+		if err := b.Rollback(ctx); err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
+			t.Fatalf("Branch.Rollback after it was finished elsewhere = %v", err)
+		}
+		b.Close()
+	}
+	if n := count(t, db, "SELECT COUNT(*) FROM t"); n != 1 {
+		t.Fatalf("%d rows, want 1", n)
+	}
+	// And the normal path: Prepare, then Branch.Commit by id.
+	x := newXID(r)
+	b := mustBegin(t, r, x)
+	mustExec(t, b, "INSERT INTO t VALUES (9, 9)")
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !listed(t, db, x) {
+		t.Fatal("not listed")
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Rollback(ctx); err == nil {
+		t.Error("Rollback after Commit succeeded")
+	}
+	b.Close()
+	if n := count(t, db, "SELECT COUNT(*) FROM t WHERE id = 9"); n != 1 {
+		t.Fatal("not committed")
+	}
+	checkPool(t, db)
+}
+
 // dsnOf recovers the DSN of a test pool from the shared server.
 func dsnOf(t *testing.T, db *sql.DB) string {
 	t.Helper()
@@ -299,7 +357,7 @@ func dsnOf(t *testing.T, db *sql.DB) string {
 // TestLostConnectionAfterPrepare: the pinned connection dies after XA
 // PREPARE (killed from outside); Commit finds the branch by id.
 func TestLostConnectionAfterPrepare(t *testing.T) {
-	r, db := newResource(t, "shop", Config{})
+	r, db := newResource(t, "shop", Config{KeepAttached: true})
 	ctx := testCtx(t)
 	for _, commit := range []bool{true, false} {
 		x := newXID(r)
