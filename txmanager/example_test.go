@@ -1,0 +1,121 @@
+package txmanager_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"log"
+
+	"github.com/threepc/threepc/drivers/mysql"
+	"github.com/threepc/threepc/drivers/postgres"
+	"github.com/threepc/threepc/recovery"
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/txmanager"
+)
+
+// A transfer between an account in PostgreSQL and one in MariaDB, atomic
+// across both.
+func Example() {
+	ctx := context.Background()
+	orders, err := postgres.Open("orders", "postgres://app@127.0.0.1:5432/orders", postgres.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	billing, err := mysql.Open("billing", "mysql://app:secret@127.0.0.1:3306/billing", mysql.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	resources := []resource.Resource{orders, billing}
+	m, err := txmanager.New(resources)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// At start-up: verify the set-up, then finish what a crashed instance
+	// left behind before serving traffic.
+	if err := m.Check(ctx); err != nil {
+		log.Fatal(err)
+	}
+	sc, err := recovery.New(resources)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := sc.ScanOnce(ctx); err != nil {
+		log.Fatal(err)
+	}
+	go sc.Run(ctx, recovery.DefaultHorizon, nil)
+
+	err = m.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
+		if _, err := tx.DB("orders").ExecContext(ctx,
+			"UPDATE accounts SET balance = balance - $1 WHERE id = $2", 100, 7); err != nil {
+			return err
+		}
+		_, err := tx.DB("billing").ExecContext(ctx,
+			"UPDATE accounts SET balance = balance + ? WHERE id = ?", 100, 42)
+		return err
+	})
+	switch {
+	case err == nil:
+		// Committed in both databases.
+	case errors.Is(err, txmanager.ErrAborted):
+		// Rolled back in both: safe to retry.
+	case errors.Is(err, txmanager.ErrCommitPending):
+		// Committed; recovery finishes the remaining branches.
+	case errors.Is(err, txmanager.ErrInDoubt):
+		// Unknown; recovery decides one way for every branch. Do not retry
+		// blindly: check the outcome first.
+	default:
+		// The function's own error: rolled back.
+	}
+}
+
+// Queries is what sqlc generates: a type over the DBTX interface.
+type Queries struct{ db resource.DBTX }
+
+func (q *Queries) Debit(ctx context.Context, id, amount int64) error {
+	_, err := q.db.ExecContext(ctx, "UPDATE accounts SET balance = balance - $1 WHERE id = $2", amount, id)
+	return err
+}
+
+func (q *Queries) Balance(ctx context.Context, id int64) (int64, error) {
+	var b int64
+	err := q.db.QueryRowContext(ctx, "SELECT balance FROM accounts WHERE id = $1", id).Scan(&b)
+	return b, err
+}
+
+// Generated query code runs inside a distributed transaction unchanged:
+// Tx.DB returns a handle that satisfies sqlc's DBTX interface, and so does
+// a plain *sql.DB outside of one.
+func ExampleTx_DB_sqlc() {
+	var m *txmanager.Manager // from txmanager.New
+	var plain *sql.DB
+	_ = &Queries{db: plain} // outside a distributed transaction
+	err := m.Run(context.Background(), func(ctx context.Context, tx *txmanager.Tx) error {
+		q := &Queries{db: tx.DB("orders")}
+		if err := q.Debit(ctx, 7, 100); err != nil {
+			return err
+		}
+		_, err := q.Balance(ctx, 7)
+		return err
+	})
+	_ = err
+}
+
+// The explicit form, for code that cannot be written as one function.
+func ExampleManager_Begin() {
+	var m *txmanager.Manager // from txmanager.New
+	ctx := context.Background()
+	tx, err := m.Begin(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := tx.DB("orders").ExecContext(ctx, "INSERT INTO orders (id) VALUES (1)"); err != nil {
+		_ = tx.Rollback(ctx)
+		log.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		var ae *txmanager.AbortError
+		if errors.As(err, &ae) {
+			log.Printf("aborted by %s in %s: %v", ae.Resource, ae.Phase, ae.Err)
+		}
+	}
+}
