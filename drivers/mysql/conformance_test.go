@@ -14,10 +14,15 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	t.Run("Default", func(t *testing.T) { runConformance(t, Config{}) })
+	t.Run("KeepAttached", func(t *testing.T) { runConformance(t, Config{KeepAttached: true}) })
+}
+
+func runConformance(t *testing.T, cfg Config) {
 	srv := harness.Shared(t, harness.MariaDB)
 	open := func(t *testing.T, name, database string) resource.Resource {
 		t.Helper()
-		r, err := Open(name, srv.DSN(database), Config{})
+		r, err := Open(name, srv.DSN(database), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

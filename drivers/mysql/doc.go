@@ -91,9 +91,13 @@
 // ErrUnreachable.
 //
 // On MariaDB, 1397 for a prepared branch by id can also mean that the
-// branch is still attached to a live session (its coordinator's pinned
-// connection). Recovery must treat ErrUnknownBranch as "re-read the
-// markers", never as "done", as PROTOCOL.md requires.
+// branch is still attached to a live session (a coordinator's pinned
+// connection with Config.KeepAttached, or a session still ending). XA
+// RECOVER lists such a branch, so CommitPrepared and RollbackPrepared
+// check it after a 1397 and report ErrBranchBusy for a listed branch,
+// ErrUnknownBranch only for one the server does not list. Recovery must
+// still treat ErrUnknownBranch as "re-read the markers", never as "done",
+// as PROTOCOL.md requires.
 //
 // # Resource names
 //

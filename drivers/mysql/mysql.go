@@ -306,9 +306,11 @@ func (r *Resource) checkXID(x resource.XID) error {
 }
 
 // CommitPrepared commits a prepared branch by id from a pool connection.
-// 1397 XAER_NOTA maps to resource.ErrUnknownBranch: no such prepared
-// branch, or, on MariaDB, a branch still attached to the live session that
-// prepared it. 1399 XAER_RMFAIL maps to resource.ErrBranchBusy. On
+// 1397 XAER_NOTA maps to resource.ErrUnknownBranch when XA RECOVER does not
+// list the branch; when it does, the branch is prepared but attached to a
+// live session (MariaDB, Config.KeepAttached or a session still ending)
+// and the error wraps resource.ErrBranchBusy instead, as does 1399
+// XAER_RMFAIL. On
 // MariaDB, 1402 XA_RBROLLBACK for a detached prepared branch means that
 // the branch wrote nothing (the server rolled it back when its session
 // ended); committing such a branch is a no-op, so nil is returned.
@@ -356,6 +358,18 @@ func (r *Resource) finishByID(ctx context.Context, xid resource.XID, commit bool
 	}
 	switch mysqlErrno(err) {
 	case erXAERNota:
+		// MariaDB also says 1397 for a branch prepared and still attached
+		// to a live session. XA RECOVER lists those: such a branch is
+		// busy, not unknown.
+		all, rerr := r.recover(ctx)
+		if rerr != nil {
+			return fmt.Errorf("threepc/mysql: %s: %w (and XA RECOVER, to tell whether the branch is attached to another session, failed: %w)", what, err, rerr)
+		}
+		for _, x := range all {
+			if x == xid {
+				return wrap(what+": the prepared branch is attached to another live session; retry once that session ends", resource.ErrBranchBusy, err)
+			}
+		}
 		return wrap(what, resource.ErrUnknownBranch, err)
 	case erXAERRmfail:
 		return wrap(what, resource.ErrBranchBusy, err)
