@@ -1,0 +1,155 @@
+package integration_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/threepc/threepc/harness"
+	"github.com/threepc/threepc/recovery"
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/txmanager"
+)
+
+// crashCase is one cell of the crash matrix.
+type crashCase struct {
+	fp     txmanager.Failpoint
+	k      int
+	commit bool // the outcome PROTOCOL.md prescribes
+	// minPrepared is how many branches of the transaction must be found
+	// prepared after the crash, and minMarkers how many precommit rows:
+	// proof that the child died where the case says.
+	minPrepared, minMarkers int
+}
+
+func (c crashCase) String() string { return fmt.Sprintf("%s#%d", c.fp, c.k) }
+
+// crashCases lists the failpoints of the matrix for n participants: dying
+// before the decision rolls everything back, dying after it commits
+// everything.
+func crashCases(protocol txmanager.Protocol, n int) []crashCase {
+	var cs []crashCase
+	for k := 1; k <= n; k++ {
+		cs = append(cs, crashCase{fp: txmanager.AfterPrepare, k: k, minPrepared: k})
+	}
+	cs = append(cs,
+		crashCase{fp: txmanager.BeforeDecide, k: 1, minPrepared: n},
+		crashCase{fp: txmanager.AfterDecide, k: 1, commit: true, minPrepared: n, minMarkers: 1})
+	if protocol == txmanager.ThreePC {
+		for k := 1; k < n; k++ {
+			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: n, minMarkers: 1 + k})
+		}
+	}
+	for k := 1; k <= n; k++ {
+		cs = append(cs, crashCase{fp: txmanager.AfterCommit, k: k, commit: true, minMarkers: 1})
+	}
+	return append(cs, crashCase{fp: txmanager.BeforeCleanup, k: 1, commit: true, minMarkers: 1})
+}
+
+// crashParts makes the participants of a matrix group: PostgreSQL (the
+// primary), MariaDB, and for three a second PostgreSQL database on the
+// same server, whose gids share the server-wide namespace with the first.
+func crashParts(t *testing.T, prefix string, n int) []part {
+	pg := harness.Shared(t, harness.Postgres)
+	my := harness.Shared(t, harness.MariaDB)
+	ps := []part{newPart(t, pg, prefix+"_pg", crashTable), newPart(t, my, prefix+"_my", crashTable)}
+	if n == 3 {
+		ps = append(ps, newPart(t, pg, prefix+"_pg2", crashTable))
+	}
+	return ps
+}
+
+// TestCrashMatrix kills the coordinator process with SIGKILL at every
+// failpoint of the protocol, for 2 and 3 participants and both protocols,
+// then runs recovery from fresh pools in this process and checks that
+// the transaction ended all-committed or all-rolled-back as PROTOCOL.md
+// prescribes, with nothing prepared and no marker left but the fence's
+// abort row, which a scan past the retention period collects.
+func TestCrashMatrix(t *testing.T) {
+	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
+		for _, n := range []int{2, 3} {
+			group := fmt.Sprintf("cm%s%d", protocol, n)
+			t.Run(fmt.Sprintf("%s/n=%d", protocol, n), func(t *testing.T) {
+				t.Parallel()
+				ps := crashParts(t, group, n)
+				for _, c := range crashCases(protocol, n) {
+					t.Run(c.String(), func(t *testing.T) {
+						runCrashCase(t, ps, protocol, c, group+"-"+c.String())
+					})
+				}
+				collectAborts(t, openAll(t, ps))
+			})
+		}
+	}
+}
+
+func runCrashCase(t *testing.T, ps []part, protocol txmanager.Protocol, c crashCase, key string) {
+	ctx := testCtx(t, time.Minute)
+	gtid := runChild(t, crashRun{parts: ps, protocol: protocol, fp: c.fp, k: c.k, key: key})
+	rs := openAll(t, ps) // a new process's view: fresh pools
+
+	// The crash left what the failpoint says. MariaDB lists a branch of a
+	// dead session once the server has noticed the disconnect: poll.
+	var nPrep, nMark int
+	for end := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		nPrep = countPrepared(prepared(t, ctx, rs), gtid)
+		nMark = 0
+		for _, ms := range markers(t, ctx, rs) {
+			for _, m := range ms {
+				if m.GTID == gtid {
+					nMark++
+					if m.State != resource.StatePreCommit {
+						t.Errorf("%s row for %s before any recovery ran", m.State, gtid)
+					}
+				}
+			}
+		}
+		if (nPrep >= c.minPrepared && nMark >= c.minMarkers) || time.Now().After(end) {
+			break
+		}
+	}
+	if nPrep < c.minPrepared || nMark < c.minMarkers || (!c.commit && nMark != 0) {
+		t.Fatalf("after the crash at %v: %d branches prepared, %d precommit rows; want at least %d and %d (0 rows before the decision)",
+			c, nPrep, nMark, c.minPrepared, c.minMarkers)
+	}
+
+	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := recoverAll(t, sc, rs, 20*time.Second)
+	if len(st.badErrs) > 0 {
+		t.Errorf("recovery errors: %v", st.badErrs)
+	}
+
+	want := 0
+	if c.commit {
+		want = 1
+	}
+	for _, r := range rs {
+		got := count(t, ctx, r, "SELECT COUNT(*) FROM crash_rows WHERE k = "+ph(r, 1), key)
+		if got != want {
+			t.Errorf("%s: %d rows of %s at %s, want %d (commit=%v): mixed or wrong outcome", c, got, key, r.Name(), want, c.commit)
+		}
+	}
+	aborts := checkClean(t, ctx, rs)
+	if fenced := slices.Contains(aborts, gtid); fenced == c.commit {
+		t.Errorf("%s: abort row at the primary for %s: %v, want %v", c, gtid, fenced, !c.commit)
+	}
+	t.Logf("%s: gtid %s, %d prepared and %d precommit rows after the crash, %d scans", c, gtid, nPrep, nMark, st.scans)
+}
+
+// recoverFresh is recoverAll on a new scanner with horizon 0 (everything
+// counts as old: call it only when no coordinator is alive).
+func recoverFresh(t *testing.T, rs []resource.Resource, limit time.Duration) *scanStats {
+	t.Helper()
+	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recoverAll(t, sc, rs, limit)
+}
+
+var _ = context.Background

@@ -1,0 +1,295 @@
+// Package integration_test runs threepc's coordinator and recovery scanner
+// against real throwaway PostgreSQL and MariaDB servers under crashes of
+// the coordinator process, crashes of database servers, broken
+// connections and concurrent scanners, and checks the invariants of
+// PROTOCOL.md after each: no mixed outcome, nothing left prepared, no
+// marker row left but the abort rows kept for their retention period.
+package integration_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/threepc/threepc/drivers"
+	"github.com/threepc/threepc/harness"
+	"github.com/threepc/threepc/migrations"
+	"github.com/threepc/threepc/recovery"
+	"github.com/threepc/threepc/resource"
+)
+
+func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+
+// quiet is the logger given to coordinators and scanners: their warnings
+// are expected here by the hundred, and the tests check outcomes instead.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testCtx(t testing.TB, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// part is one participant database. Resource names must be unique per
+// server across the whole test binary: MariaDB's XA RECOVER lists the
+// whole server, and a scanner acts on every branch carrying one of its
+// resources' names.
+type part struct {
+	name string
+	srv  *harness.Server
+	db   string
+}
+
+func (p part) url() string { return p.srv.URL(p.db) }
+
+func (p part) dialect() migrations.Dialect {
+	if p.srv.Kind() == harness.Postgres {
+		return migrations.DialectPostgres
+	}
+	return migrations.DialectMySQL
+}
+
+// spec is the NAME=URL form the child process receives.
+func (p part) spec() string { return p.name + "=" + p.url() }
+
+// newPart creates a database on srv for resource name, runs the
+// migrations and creates the tables of ddl (written to run on both
+// systems).
+func newPart(t *testing.T, srv *harness.Server, name string, ddl ...string) part {
+	t.Helper()
+	p := part{name: name, srv: srv, db: srv.NewDatabase(t)}
+	r := p.open(t)
+	ctx := testCtx(t, time.Minute)
+	if err := migrations.Up(ctx, r.DB(), p.dialect()); err != nil {
+		t.Fatalf("migrations on %s: %v", name, err)
+	}
+	for _, q := range ddl {
+		if _, err := r.DB().ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s on %s: %v", q, name, err)
+		}
+	}
+	if err := r.Check(ctx); err != nil {
+		t.Fatalf("check %s: %v", name, err)
+	}
+	return p
+}
+
+// open returns a fresh resource (with its own pool) on p, closed at the
+// end of the test.
+func (p part) open(t testing.TB) resource.Resource {
+	t.Helper()
+	r, err := drivers.Open(p.name, p.url())
+	if err != nil {
+		t.Fatalf("open %s: %v", p.name, err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func openAll(t testing.TB, ps []part) []resource.Resource {
+	t.Helper()
+	rs := make([]resource.Resource, len(ps))
+	for i, p := range ps {
+		rs[i] = p.open(t)
+	}
+	return rs
+}
+
+// ph returns the placeholder for argument i (1-based) in r's dialect.
+func ph(r resource.Resource, i int) string {
+	if r.System() == "postgresql" {
+		return fmt.Sprintf("$%d", i)
+	}
+	return "?"
+}
+
+// prepared lists the prepared branches on every resource, by resource
+// name. A resource that cannot be listed fails the test.
+func prepared(t testing.TB, ctx context.Context, rs []resource.Resource) map[string][]resource.XID {
+	t.Helper()
+	out := map[string][]resource.XID{}
+	for _, r := range rs {
+		list, err := r.Recover(ctx)
+		if err != nil {
+			t.Fatalf("Recover on %s: %v", r.Name(), err)
+		}
+		for _, b := range list {
+			out[r.Name()] = append(out[r.Name()], b.XID)
+		}
+	}
+	return out
+}
+
+func countPrepared(m map[string][]resource.XID, gtid string) int {
+	n := 0
+	for _, xs := range m {
+		for _, x := range xs {
+			if gtid == "" || x.GTID == gtid {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// markers lists the marker rows on every resource, by resource name.
+func markers(t testing.TB, ctx context.Context, rs []resource.Resource) map[string][]resource.Marker {
+	t.Helper()
+	out := map[string][]resource.Marker{}
+	for _, r := range rs {
+		ms, err := r.ListMarkers(ctx)
+		if err != nil {
+			t.Fatalf("ListMarkers on %s: %v", r.Name(), err)
+		}
+		out[r.Name()] = ms
+	}
+	return out
+}
+
+// benign reports whether an error left in a scan report is one the
+// protocol expects under concurrency: a branch still attached to a live
+// (or not yet reaped) session.
+func benign(err error) bool {
+	return err == nil || errors.Is(err, resource.ErrBranchBusy)
+}
+
+// scanStats counts what recovery scans did, to log and to bound error
+// storms.
+type scanStats struct {
+	scans, actions, benignErrs int
+	badErrs                    []string
+}
+
+func (s *scanStats) add(rep *recovery.Report) {
+	s.scans++
+	for _, tx := range rep.Transactions {
+		if tx.Action != recovery.ActionWait && tx.Action != "" {
+			s.actions++
+		}
+		errs := []error{tx.Err}
+		for _, b := range tx.Branches {
+			errs = append(errs, b.Err)
+		}
+		for _, err := range errs {
+			switch {
+			case err == nil:
+			case benign(err):
+				s.benignErrs++
+			default:
+				s.badErrs = append(s.badErrs, fmt.Sprintf("%s %s: %v", tx.GTID, tx.Action, err))
+			}
+		}
+	}
+}
+
+// recoverAll runs scans with the given scanner until no transaction is
+// in doubt and nothing is prepared on any resource, or fails the test
+// after limit.
+func recoverAll(t testing.TB, sc *recovery.Scanner, rs []resource.Resource, limit time.Duration) *scanStats {
+	t.Helper()
+	ctx := testCtx(t, limit+30*time.Second)
+	st := &scanStats{}
+	deadline := time.Now().Add(limit)
+	var last *recovery.Report
+	for {
+		rep, err := sc.ScanOnce(ctx)
+		if err != nil {
+			t.Fatalf("ScanOnce: %v", err)
+		}
+		st.add(rep)
+		last = rep
+		if len(rep.Unreachable) == 0 && len(rep.InDoubt()) == 0 && countPrepared(prepared(t, ctx, rs), "") == 0 {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recovery did not finish within %v after %d scans; last report:\n%s", limit, st.scans, describe(last))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// describe renders a report for failure messages.
+func describe(rep *recovery.Report) string {
+	var b strings.Builder
+	for n, err := range rep.Unreachable {
+		fmt.Fprintf(&b, "  unreachable %s: %v\n", n, err)
+	}
+	for _, tx := range rep.Transactions {
+		fmt.Fprintf(&b, "  %s primary=%s action=%s reason=%q err=%v age=%v\n", tx.GTID, tx.Primary, tx.Action, tx.Reason, tx.Err, tx.Age.Round(time.Millisecond))
+		for _, br := range tx.Branches {
+			fmt.Fprintf(&b, "    branch %s done=%v err=%v\n", br.Resource, br.Done, br.Err)
+		}
+		for n, m := range tx.Markers {
+			fmt.Fprintf(&b, "    marker at %s: %s\n", n, m.State)
+		}
+	}
+	return b.String()
+}
+
+// checkClean asserts invariant 4 of PROTOCOL.md after recovery: no
+// prepared branch anywhere, and no marker row but abort rows at their
+// transaction's primary. It returns the abort rows' gtids.
+func checkClean(t testing.TB, ctx context.Context, rs []resource.Resource) []string {
+	t.Helper()
+	if p := prepared(t, ctx, rs); countPrepared(p, "") != 0 {
+		t.Errorf("prepared branches left after recovery: %v", p)
+	}
+	var aborts []string
+	for name, ms := range markers(t, ctx, rs) {
+		for _, m := range ms {
+			switch {
+			case m.State != resource.StateAbort:
+				t.Errorf("marker row left at %s after recovery: %s %s (primary %s)", name, m.GTID, m.State, m.Primary)
+			case m.Primary != name:
+				t.Errorf("abort row at %s, which is not the primary %s of %s", name, m.Primary, m.GTID)
+			default:
+				aborts = append(aborts, m.GTID)
+			}
+		}
+	}
+	slices.Sort(aborts)
+	return aborts
+}
+
+// offsetClock is a clock ahead of the system clock, to run a scan as if
+// the retention period had passed.
+type offsetClock time.Duration
+
+func (c offsetClock) Now() time.Time { return time.Now().Add(time.Duration(c)) }
+
+// collectAborts runs a scan with a clock past the retention period and
+// asserts that it deletes every abort row and leaves no marker at all.
+func collectAborts(t testing.TB, rs []resource.Resource) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithClock(offsetClock(recovery.DefaultRetention+time.Hour)), recovery.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sc.ScanOnce(ctx); err != nil {
+		t.Fatalf("ScanOnce past retention: %v", err)
+	}
+	for name, ms := range markers(t, ctx, rs) {
+		for _, m := range ms {
+			t.Errorf("marker row left at %s after a scan past the retention period: %s %s", name, m.GTID, m.State)
+		}
+	}
+}
+
+// count runs a COUNT(*) query on r.
+func count(t testing.TB, ctx context.Context, r resource.Resource, q string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := r.DB().QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+		t.Fatalf("%s on %s: %v", q, r.Name(), err)
+	}
+	return n
+}
