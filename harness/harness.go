@@ -17,7 +17,23 @@
 //
 // THREEPC_TEST_POSTGRES and THREEPC_TEST_MYSQL (URLs, postgres://... and
 // mysql://user:pass@host:port/db) make Shared use existing servers instead;
-// those cannot be killed or restarted.
+// those cannot be killed or restarted, and only loopback hosts are
+// accepted.
+//
+// Servers started here trust every local connection: PostgreSQL's
+// superuser "postgres" and MariaDB's "root" (as root@127.0.0.1, which has
+// all privileges WITH GRANT OPTION) need no password. PostgreSQL runs with
+// max_prepared_transactions=64 and fsync=off; MariaDB with
+// innodb_flush_log_at_trx_commit=2 and utf8mb4. Both keep committed and
+// prepared transactions across Kill and Restart, since Kill ends processes
+// and not the machine. When the test binary runs as root the servers run
+// as the postgres or mysql OS user (or nobody).
+//
+// The first Start of a kind on a machine keeps a copy of the freshly
+// initialised data directory in the temporary directory
+// (threepc-cache-<kind>-<hash>); later Starts copy it instead of running
+// initdb or mariadb-install-db, which cuts start-up from about a second to
+// a few hundred milliseconds.
 package harness
 
 import (

@@ -445,17 +445,6 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 	}
 }
 
-// sysProcAttr puts the server in its own process group (so Kill reaches
-// it whole and a terminal's signals do not), kills it with the test binary
-// and drops root privileges.
-func (s *Server) sysProcAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{
-		Setpgid:    true,
-		Pdeathsig:  syscall.SIGKILL,
-		Credential: s.cred,
-	}
-}
-
 func (s *Server) childEnv() []string {
 	env := []string{
 		"HOME=" + s.dir,

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package harness
+
+import "syscall"
+
+// sysProcAttr puts the server in its own process group and drops root
+// privileges. Without Linux's parent-death signal a server can outlive a
+// test binary that is killed; Main and Close stop it otherwise.
+func (s *Server) sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{
+		Setpgid:    true,
+		Credential: s.cred,
+	}
+}
