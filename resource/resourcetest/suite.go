@@ -40,6 +40,7 @@ func Run(t *testing.T, target Target) {
 		{"PoolHygiene", testPoolHygiene},
 		{"Validation", testValidation},
 		{"Context", testContexts},
+		{"AbandonBlockedBranch", testAbandon},
 		{"Check", testCheck},
 		// Last: it kills the server, and a failure half-way could leave it
 		// down for the subtests after it.
@@ -1079,8 +1080,12 @@ func testContexts(t *testing.T, target Target) {
 	// Deadlines that may expire while PREPARE is in flight: whatever the
 	// server did, Rollback and Close must leave nothing prepared.
 	t.Run("DeadlineDuringPrepare", func(t *testing.T) {
-		deadlines := []time.Duration{time.Microsecond, 20 * time.Microsecond, 100 * time.Microsecond,
-			300 * time.Microsecond, time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 20 * time.Millisecond}
+		var deadlines []time.Duration
+		for range 3 {
+			for _, us := range []int{1, 20, 50, 100, 150, 200, 300, 500, 1000, 2000, 5000} {
+				deadlines = append(deadlines, time.Duration(us)*time.Microsecond)
+			}
+		}
 		for i, d := range deadlines {
 			b := begin(t, ctx, r, NewXID(r))
 			execIn(t, ctx, b, insertSQL(10+i, 1))
@@ -1107,5 +1112,64 @@ func testCheck(t *testing.T, target Target) {
 	}
 	if s := r.System(); s != "postgresql" && s != "mysql" && s != "mariadb" {
 		t.Errorf("System() = %q, want postgresql, mysql or mariadb", s)
+	}
+}
+
+// Branch.Rollback from another goroutine must end a branch whose statement
+// waits on a lock: that is how a transaction timeout breaks a distributed
+// deadlock, which neither database can see.
+func testAbandon(t *testing.T, target Target) {
+	ctx := timeoutContext(t, testTimeout)
+	r := newResource(t, target, "rt_abandon")
+	createItems(t, r)
+	MustExec(t, r.DB(), insertSQL(1, 10))
+
+	holder := begin(t, ctx, r, NewXID(r))
+	execIn(t, ctx, holder, "UPDATE rt_items SET v = 11 WHERE id = 1")
+	waiter := begin(t, ctx, r, NewXID(r))
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.ExecContext(ctx, "UPDATE rt_items SET v = 12 WHERE id = 1")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("UPDATE of a row locked by another branch did not wait: %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	rolledBack := make(chan error, 1)
+	go func() { rolledBack <- waiter.Rollback(ctx) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("the blocked UPDATE succeeded although its branch was rolled back")
+		}
+	case <-time.After(15 * time.Second):
+		// Let the cleanup end the wait.
+		_ = holder.Rollback(context.Background())
+		t.Fatal("Rollback from another goroutine did not end a branch blocked on a lock within 15s")
+	}
+	select {
+	case err := <-rolledBack:
+		if err != nil {
+			t.Errorf("Rollback of a blocked branch: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Rollback of a blocked branch did not return within 15s")
+	}
+	closeBranch(t, waiter)
+
+	// The holder is unharmed and can still commit.
+	prepare(t, ctx, holder)
+	if err := holder.Commit(ctx); err != nil {
+		t.Fatalf("Commit of the lock holder: %v", err)
+	}
+	closeBranch(t, holder)
+	if v := QueryInt(t, r.DB(), "SELECT v FROM rt_items WHERE id = 1"); v != 11 {
+		t.Errorf("v = %d, want 11 (the holder's update)", v)
+	}
+	wantPrepared(t, ctx, r, "after abandoning a blocked branch")
+	if st := r.DB().Stats(); st.InUse != 0 {
+		t.Errorf("after abandoning a blocked branch: %d connections in use, want 0", st.InUse)
 	}
 }
