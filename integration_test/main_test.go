@@ -293,3 +293,5 @@ func count(t testing.TB, ctx context.Context, r resource.Resource, q string, arg
 	}
 	return n
 }
+
+func gtidTime(gtid string) time.Time { return resource.GTIDTime(gtid) }
