@@ -29,8 +29,12 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 // Defaults of the options.
@@ -67,6 +71,8 @@ type options struct {
 	clock      Clock
 	logger     *slog.Logger
 	instanceID string
+	tp         trace.TracerProvider // nil: otel.GetTracerProvider()
+	mp         metric.MeterProvider // nil: otel.GetMeterProvider()
 }
 
 // WithHorizon sets the in-flight horizon (default DefaultHorizon): a
@@ -119,6 +125,7 @@ func WithInstanceID(id string) Option {
 type Scanner struct {
 	res  map[string]resource.Resource
 	opts options
+	tel  *tracing.Scanner
 }
 
 // New returns a scanner over resources (the same set, by name, as the
@@ -143,6 +150,7 @@ func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 		}
 		s.res[r.Name()] = r
 	}
+	s.tel = tracing.NewScanner(s.opts.tp, s.opts.mp)
 	return s, nil
 }
 
@@ -229,11 +237,11 @@ func (r *Report) OldestInDoubt() time.Duration {
 // ScanOnce runs one scan and acts on what it finds. The error is non-nil
 // only when the scan could not run at all; per-transaction problems are in
 // the report.
-func (s *Scanner) ScanOnce(ctx context.Context) (*Report, error) { return s.scan(ctx, false) }
+func (s *Scanner) ScanOnce(ctx context.Context) (*Report, error) { return s.tracedScan(ctx, false) }
 
 // Inspect runs a scan that changes nothing and reports what ScanOnce
 // would do.
-func (s *Scanner) Inspect(ctx context.Context) (*Report, error) { return s.scan(ctx, true) }
+func (s *Scanner) Inspect(ctx context.Context) (*Report, error) { return s.tracedScan(ctx, true) }
 
 type found struct {
 	markers  []resource.Marker
@@ -254,11 +262,15 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	// never existed, and collect a marker that a prepared branch needs.
 	fs := make([]found, len(names))
 	parallel(names, func(i int, n string) {
-		fs[i].markers, fs[i].err = s.res[n].ListMarkers(ctx)
+		octx, op := s.tel.Op(ctx, tracing.OpListMarkers, s.res[n])
+		fs[i].markers, fs[i].err = s.res[n].ListMarkers(octx)
+		op.End(fs[i].err)
 	})
 	parallel(names, func(i int, n string) {
 		if fs[i].err == nil {
-			fs[i].prepared, fs[i].err = s.res[n].Recover(ctx)
+			octx, op := s.tel.Op(ctx, tracing.OpRecover, s.res[n])
+			fs[i].prepared, fs[i].err = s.res[n].Recover(octx)
+			op.End(fs[i].err)
 		}
 	})
 	txs := map[string]*TxReport{}
@@ -291,7 +303,9 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	for _, g := range gtids {
 		t := txs[g]
 		t.Participants = participants(t)
-		s.resolve(ctx, t, rep.Unreachable, dry)
+		rctx, span := s.tel.StartResolve(ctx, g)
+		s.resolve(rctx, t, rep.Unreachable, dry)
+		span.End(resolution(t, dry))
 		rep.Transactions = append(rep.Transactions, *t)
 		s.log(t, dry)
 	}
@@ -321,6 +335,11 @@ func (s *Scanner) resolve(ctx context.Context, t *TxReport, unreachable map[stri
 		t.Action, t.Reason = ActionWait, fmt.Sprintf("younger than the in-flight horizon (%v)", s.opts.horizon)
 		return
 	}
+	if len(t.Branches) == 0 {
+		// Nothing prepared: only marker rows, which may be collected.
+		s.collect(ctx, t, unreachable, dry)
+		return
+	}
 	primaryRow, atPrimary := t.Markers[t.Primary]
 	decided := false
 	for _, m := range t.Markers {
@@ -333,16 +352,13 @@ func (s *Scanner) resolve(ctx context.Context, t *TxReport, unreachable map[stri
 	case atPrimary && primaryRow.State == resource.StateAbort:
 		t.Action, t.Reason = ActionRollback, "abort row at the primary"
 		s.finish(ctx, t, false, dry)
-	case len(t.Branches) == 0:
-		// Only marker rows, and none of them decides anything: abort rows
-		// away from the primary cannot exist; nothing to do but collect.
 	default:
 		s.fence(ctx, t, unreachable, dry)
 	}
 	if t.Action == ActionInDoubt || !t.Resolved() || dry {
 		return
 	}
-	s.collect(ctx, t, unreachable)
+	s.collect(ctx, t, unreachable, false)
 }
 
 // fence inserts the abort row at the primary, then acts on whichever row
@@ -366,13 +382,17 @@ func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string
 		s.finish(ctx, t, false, dry)
 		return
 	}
-	err := primary.InsertMarker(ctx, resource.Marker{
+	octx, op := s.tel.Op(ctx, tracing.OpInsertMarker, primary)
+	err := primary.InsertMarker(octx, resource.Marker{
 		GTID: t.GTID, State: resource.StateAbort, Primary: t.Primary,
 		Participants: t.Participants, Owner: s.opts.instanceID,
 	})
+	op.End(err)
 	if errors.Is(err, resource.ErrMarkerExists) {
 		var row resource.Marker
-		row, err = primary.ReadMarker(ctx, t.GTID)
+		octx, op := s.tel.Op(ctx, tracing.OpReadMarker, primary)
+		row, err = primary.ReadMarker(octx, t.GTID)
+		op.End(err)
 		if err == nil {
 			t.Markers[t.Primary] = row
 			if row.State == resource.StatePreCommit {
@@ -407,9 +427,13 @@ func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool
 			r := s.res[b.Resource]
 			var err error
 			if commit {
-				err = r.CommitPrepared(ctx, b.XID)
+				octx, op := s.tel.Op(ctx, tracing.OpCommitPrepared, r)
+				err = r.CommitPrepared(octx, b.XID)
+				op.End(err)
 			} else {
-				err = r.RollbackPrepared(ctx, b.XID)
+				octx, op := s.tel.Op(ctx, tracing.OpRollbackPrepared, r)
+				err = r.RollbackPrepared(octx, b.XID)
+				op.End(err)
 			}
 			if errors.Is(err, resource.ErrUnknownBranch) {
 				// Gone, or held by a live session: re-read rather than
@@ -438,7 +462,7 @@ func stillPrepared(ctx context.Context, r resource.Resource, xid resource.XID) e
 // collect deletes marker rows that nothing needs any more: every branch
 // is finished and every participant was scanned. Abort rows stay for the
 // retention period.
-func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[string]error) {
+func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[string]error, dry bool) {
 	if len(t.Markers) == 0 {
 		return
 	}
@@ -458,11 +482,20 @@ func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[stri
 			return
 		}
 	}
+	if dry {
+		if t.Action == "" {
+			t.Action, t.Reason = ActionCollect, "no prepared branch left: would delete the marker rows"
+		}
+		return
+	}
 	// Non-primary rows first, the primary's last.
 	holders := slices.Sorted(maps.Keys(t.Markers))
 	sort.SliceStable(holders, func(i, j int) bool { return holders[j] == t.Primary && holders[i] != t.Primary })
 	for _, n := range holders {
-		if err := s.res[n].DeleteMarkers(ctx, t.GTID); err != nil {
+		octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, s.res[n])
+		err := s.res[n].DeleteMarkers(octx, t.GTID)
+		op.End(err)
+		if err != nil {
 			t.Err = fmt.Errorf("deleting marker at %q: %w", n, err)
 			return
 		}
