@@ -1,0 +1,193 @@
+package bank
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/txmanager"
+)
+
+// hwBranch is one branch of a hand-written 2PC transaction.
+type hwBranch struct {
+	l        leg
+	pg       bool
+	id       string // PostgreSQL gid literal, or MySQL xid literal
+	conn     *sql.Conn
+	prepared bool
+}
+
+// handwritten is the two-phase commit sequence written by hand with
+// database/sql and nothing else, the baseline of issue 7: work on a
+// pinned connection per database, prepare both in parallel, one decision
+// row at the primary, commit both in parallel, delete the row.
+//
+// It borrows only the branch-id encoding and the marker table's layout
+// from threepc, so that a run killed midway is finished by `threepc
+// recover` like any other.
+func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
+	gtid := ulid.Make().String()
+	primary := legs[0].res
+	wctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	bs := make([]*hwBranch, len(legs))
+	defer func() {
+		for _, b := range bs {
+			if b != nil && b.conn != nil {
+				_ = b.conn.Close()
+			}
+		}
+	}()
+	// Work.
+	for i, l := range legs {
+		xid := resource.XID{GTID: gtid, Primary: primary, Branch: l.res}
+		b := &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
+		bs[i] = b
+		if b.pg {
+			b.id = "'" + xid.PostgresGID() + "'"
+		} else {
+			gtrid, bqual, fid := xid.MySQL()
+			b.id = fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, fid)
+		}
+		conn, err := w.byName[l.res].DB().Conn(wctx)
+		if err != nil {
+			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
+		}
+		b.conn = conn
+		begin := "BEGIN"
+		if !b.pg {
+			begin = "XA START " + b.id
+		}
+		if _, err := conn.ExecContext(wctx, begin); err != nil {
+			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
+		}
+		if _, err := conn.ExecContext(wctx, w.update[l.res], l.delta, l.id); err != nil {
+			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseWork, err)
+		}
+	}
+	// Prepare, in parallel.
+	errs := parallel(bs, func(b *hwBranch) error {
+		if b.pg {
+			// The work statement succeeded, so the transaction is not in
+			// the failed state that turns PREPARE into a silent ROLLBACK.
+			if _, err := b.conn.ExecContext(wctx, "PREPARE TRANSACTION "+b.id); err != nil {
+				return err
+			}
+		} else {
+			if _, err := b.conn.ExecContext(wctx, "XA END "+b.id); err != nil {
+				return err
+			}
+			if _, err := b.conn.ExecContext(wctx, "XA PREPARE "+b.id); err != nil {
+				return err
+			}
+		}
+		b.prepared = true
+		return nil
+	})
+	for i, err := range errs {
+		if err != nil {
+			return w.hwAbort(ctx, gtid, bs, bs[i].l.res, resource.PhasePrepare, err)
+		}
+	}
+	// Decide: the row at the primary is the commit point.
+	pd := w.dialect[primary]
+	participants := make([]string, 0, len(legs))
+	for _, l := range legs {
+		participants = append(participants, l.res)
+	}
+	slices.Sort(participants)
+	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES (" +
+		placeholder(pd, 1) + ", 'precommit', " + placeholder(pd, 2) + ", " + placeholder(pd, 3) + ", 'handwritten2pc')"
+	if _, err := w.byName[primary].DB().ExecContext(wctx, ins, gtid, primary, resource.JoinParticipants(participants)); err != nil {
+		// A hand-written baseline does not re-read an unknown outcome;
+		// the prepared branches are left to recovery in that case.
+		if isConnErr(err) {
+			return &txmanager.InDoubtError{GTID: gtid, Primary: primary, Err: err}
+		}
+		return w.hwAbort(ctx, gtid, bs, primary, resource.PhaseDecide, err)
+	}
+	// Commit, in parallel, whatever the caller's context says.
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.Timeout)
+	defer ccancel()
+	errs = parallel(bs, func(b *hwBranch) error {
+		q := "COMMIT PREPARED " + b.id
+		if !b.pg {
+			q = "XA COMMIT " + b.id
+		}
+		_, err := b.conn.ExecContext(cctx, q)
+		if err != nil {
+			discard(b.conn)
+		}
+		return err
+	})
+	var pending []string
+	for i, err := range errs {
+		if err != nil {
+			pending = append(pending, bs[i].l.res)
+		}
+	}
+	if len(pending) > 0 {
+		return &txmanager.CommitPendingError{GTID: gtid, Pending: pending, Err: errors.Join(errs...)}
+	}
+	del := "DELETE FROM " + resource.MarkerTable + " WHERE gtid = " + placeholder(pd, 1)
+	_, _ = w.byName[primary].DB().ExecContext(cctx, del, gtid) // recovery collects a row left behind
+	return nil
+}
+
+// hwAbort rolls every branch back and returns an AbortError.
+func (w *Workload) hwAbort(ctx context.Context, gtid string, bs []*hwBranch, culprit string, phase resource.Phase, cause error) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.Timeout)
+	defer cancel()
+	parallel(bs, func(b *hwBranch) error {
+		if b == nil || b.conn == nil {
+			return nil
+		}
+		var err error
+		switch {
+		case b.pg && b.prepared:
+			_, err = b.conn.ExecContext(rctx, "ROLLBACK PREPARED "+b.id)
+		case b.pg:
+			_, err = b.conn.ExecContext(rctx, "ROLLBACK")
+		case b.prepared:
+			_, err = b.conn.ExecContext(rctx, "XA ROLLBACK "+b.id)
+		default:
+			_, _ = b.conn.ExecContext(rctx, "XA END "+b.id)
+			_, err = b.conn.ExecContext(rctx, "XA ROLLBACK "+b.id)
+		}
+		if err != nil {
+			// Never hand a connection in a transaction or XA state back to
+			// the pool; a prepared branch left behind is recovery's.
+			discard(b.conn)
+		}
+		return err
+	})
+	return &txmanager.AbortError{GTID: gtid, Resource: culprit, Phase: phase, Err: cause}
+}
+
+// discard closes the pinned connection for good instead of returning it
+// to the pool.
+func discard(c *sql.Conn) {
+	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+}
+
+func isConnErr(err error) bool {
+	return errors.Is(err, driver.ErrBadConn) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, sql.ErrConnDone)
+}
+
+func parallel(bs []*hwBranch, f func(b *hwBranch) error) []error {
+	errs := make([]error, len(bs))
+	var wg sync.WaitGroup
+	for i, b := range bs {
+		wg.Go(func() { errs[i] = f(b) })
+	}
+	wg.Wait()
+	return errs
+}

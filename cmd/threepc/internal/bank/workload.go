@@ -1,0 +1,279 @@
+package bank
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/txmanager"
+)
+
+// Protocol is how a transfer commits.
+type Protocol string
+
+// The protocols a workload can run.
+const (
+	// Local commits the two legs as two independent local transactions:
+	// no atomicity, the cost floor.
+	Local Protocol = "local"
+	// TwoPC is the library in two-phase commit mode.
+	TwoPC Protocol = "2pc"
+	// ThreePC is the library in three-phase commit mode.
+	ThreePC Protocol = "3pc"
+	// Handwritten is two-phase commit written by hand with plain
+	// database/sql calls: the baseline the library is measured against.
+	Handwritten Protocol = "handwritten2pc"
+)
+
+// Protocols lists every protocol, in the order benchmarks report them.
+var Protocols = []Protocol{Local, Handwritten, TwoPC, ThreePC}
+
+// ParseProtocol checks a protocol name.
+func ParseProtocol(s string) (Protocol, error) {
+	for _, p := range Protocols {
+		if string(p) == s {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("threepc/bank: unknown protocol %q (want local, handwritten2pc, 2pc or 3pc)", s)
+}
+
+// Atomic reports whether the protocol keeps the total balance.
+func (p Protocol) Atomic() bool { return p != Local }
+
+// Config configures a Workload.
+type Config struct {
+	// Resources are the databases; at least two. Their bank tables must
+	// be set up (Setup).
+	Resources []resource.Resource
+	Protocol  Protocol
+	// Timeout is the transaction timeout (txmanager.WithTimeout): what
+	// breaks distributed deadlocks. Default 5 s.
+	Timeout time.Duration
+	// MaxAmount bounds the amount of one transfer (1..MaxAmount). Default
+	// 100. Balances may go negative: the invariant is the total.
+	MaxAmount int64
+	// Phases records per-phase latencies of the library protocols through
+	// failpoint hooks.
+	Phases bool
+	// Failpoint, if set, is called at every failpoint after the phase
+	// recorder (the demo's child kills itself from here).
+	Failpoint txmanager.FailpointFunc
+	// Logger for the coordinator; default slog.Default().
+	Logger *slog.Logger
+	// Options are extra coordinator options.
+	Options []txmanager.Option
+}
+
+// Workload runs transfers. It is safe for concurrent use.
+type Workload struct {
+	cfg      Config
+	accounts map[string]int64
+	dialect  map[string]string
+	update   map[string]string
+	mgr      *txmanager.Manager
+	phases   *phaseRecorder
+	names    []string
+	byName   map[string]resource.Resource
+}
+
+// New reads the bank's layout from every database and prepares the
+// coordinator for cfg.Protocol.
+func New(ctx context.Context, cfg Config) (*Workload, error) {
+	if len(cfg.Resources) < 2 {
+		return nil, fmt.Errorf("threepc/bank: transfers need at least two databases, got %d", len(cfg.Resources))
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.MaxAmount <= 0 {
+		cfg.MaxAmount = 100
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	w := &Workload{
+		cfg: cfg, accounts: map[string]int64{}, dialect: map[string]string{},
+		update: map[string]string{}, byName: map[string]resource.Resource{},
+	}
+	for _, r := range cfg.Resources {
+		st, err := Read(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		w.accounts[r.Name()] = st.Accounts
+		w.dialect[r.Name()] = Dialect(r)
+		w.update[r.Name()] = updateSQL(Dialect(r))
+		w.names = append(w.names, r.Name())
+		w.byName[r.Name()] = r
+	}
+	switch cfg.Protocol {
+	case TwoPC, ThreePC:
+		opts := []txmanager.Option{
+			txmanager.WithProtocol(txmanager.Protocol(cfg.Protocol)),
+			txmanager.WithTimeout(cfg.Timeout),
+			txmanager.WithLogger(cfg.Logger),
+		}
+		if cfg.Phases {
+			w.phases = newPhaseRecorder()
+		}
+		if cfg.Phases || cfg.Failpoint != nil {
+			opts = append(opts, txmanager.WithFailpoints(w.failpoint))
+		}
+		opts = append(opts, cfg.Options...)
+		m, err := txmanager.New(cfg.Resources, opts...)
+		if err != nil {
+			return nil, err
+		}
+		w.mgr = m
+	case Local, Handwritten:
+	default:
+		return nil, fmt.Errorf("threepc/bank: unknown protocol %q", cfg.Protocol)
+	}
+	return w, nil
+}
+
+// Manager returns the coordinator of the library protocols (nil for the
+// others).
+func (w *Workload) Manager() *txmanager.Manager { return w.mgr }
+
+func (w *Workload) failpoint(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
+	if w.phases != nil {
+		w.phases.mark(gtid, fp)
+	}
+	if w.cfg.Failpoint != nil {
+		return w.cfg.Failpoint(ctx, fp, gtid, res)
+	}
+	return nil
+}
+
+// Outcome classifies a transfer's result.
+type Outcome int
+
+// Outcomes. They follow txmanager's error classes.
+const (
+	Committed     Outcome = iota
+	Aborted               // rolled back: money did not move
+	InDoubt               // decision unknown: recovery finishes it
+	CommitPending         // decided to commit; recovery completes it
+	Failed                // any other error
+)
+
+func (o Outcome) String() string {
+	return [...]string{"committed", "aborted", "in doubt", "commit pending", "failed"}[o]
+}
+
+// Result is one transfer's result.
+type Result struct {
+	Outcome  Outcome
+	Latency  time.Duration
+	Err      error
+	Timeout  bool // aborted by the transaction timeout (a distributed deadlock, or a slow server)
+	Phases   PhaseTimes
+	HasPhase bool
+}
+
+// Classify maps a commit error to an Outcome.
+func Classify(err error) Outcome {
+	switch {
+	case err == nil:
+		return Committed
+	case errors.Is(err, txmanager.ErrInDoubt):
+		return InDoubt
+	case errors.Is(err, txmanager.ErrCommitPending):
+		return CommitPending
+	case errors.Is(err, txmanager.ErrAborted):
+		return Aborted
+	}
+	return Failed
+}
+
+// leg is one half of a transfer: add delta to account id on resource.
+type leg struct {
+	res   string
+	id    int64
+	delta int64
+}
+
+// pick chooses a random transfer between two different databases.
+func (w *Workload) pick(rng *rand.Rand) (from, to leg) {
+	i := rng.IntN(len(w.names))
+	j := rng.IntN(len(w.names) - 1)
+	if j >= i {
+		j++
+	}
+	amt := 1 + rng.Int64N(w.cfg.MaxAmount)
+	from = leg{res: w.names[i], id: 1 + rng.Int64N(w.accounts[w.names[i]]), delta: -amt}
+	to = leg{res: w.names[j], id: 1 + rng.Int64N(w.accounts[w.names[j]]), delta: amt}
+	return from, to
+}
+
+// Transfer moves a random amount between random accounts of two
+// different databases, with the workload's protocol.
+func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
+	from, to := w.pick(rng)
+	start := time.Now()
+	var (
+		res  Result
+		err  error
+		gtid string
+	)
+	switch w.cfg.Protocol {
+	case Local:
+		err = w.local(ctx, from, to)
+	case Handwritten:
+		err = w.handwritten(ctx, from, to)
+	default:
+		err = w.mgr.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
+			gtid = tx.GTID()
+			if w.phases != nil {
+				w.phases.begin(gtid, start)
+			}
+			for _, l := range []leg{from, to} {
+				if _, err := tx.DB(l.res).ExecContext(ctx, w.update[l.res], l.delta, l.id); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	res.Latency = time.Since(start)
+	res.Err = err
+	res.Outcome = Classify(err)
+	res.Timeout = errors.Is(err, txmanager.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+	if w.phases != nil && gtid != "" {
+		res.Phases, res.HasPhase = w.phases.end(gtid, res.Outcome == Committed)
+	}
+	return res
+}
+
+// local runs the legs as two independent local transactions.
+func (w *Workload) local(ctx context.Context, legs ...leg) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	for _, l := range legs {
+		db := w.byName[l.res].DB()
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return localErr(l.res, err)
+		}
+		if _, err := tx.ExecContext(ctx, w.update[l.res], l.delta, l.id); err != nil {
+			_ = tx.Rollback()
+			return localErr(l.res, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return localErr(l.res, err)
+		}
+	}
+	return nil
+}
+
+// localErr reports a failed local leg as an abort: with no atomicity an
+// earlier leg may have committed, which is what "local" measures.
+func localErr(res string, err error) error {
+	return &txmanager.AbortError{Resource: res, Phase: resource.PhaseWork, Err: err}
+}

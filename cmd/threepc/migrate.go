@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/threepc/threepc/migrations"
+	"github.com/threepc/threepc/resource"
+)
+
+func newMigrateCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "migrate",
+		Short: "Create threepc's marker table in every database (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rs, err := openResources(ctx, g.dbs, openOpts{min: 1, migrationsOK: true})
+			if err != nil {
+				return err
+			}
+			defer closeResources(rs)
+			return migrateAll(ctx, rs, func(format string, args ...any) { fmt.Printf(format, args...) })
+		},
+	}
+}
+
+// migrateAll applies the migrations to every resource and re-checks it.
+func migrateAll(ctx context.Context, rs []resource.Resource, printf func(string, ...any)) error {
+	for _, r := range rs {
+		d, err := dialect(r)
+		if err != nil {
+			return usageErrorf("%v", err)
+		}
+		t0 := time.Now()
+		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+			return failedErrorf("database %q: %v", r.Name(), err)
+		}
+		v, _, err := migrations.Version(ctx, r.DB(), d)
+		if err != nil {
+			return failedErrorf("database %q: %v", r.Name(), err)
+		}
+		if err := r.Check(ctx); err != nil {
+			return failedErrorf("database %q after migrating: %v", r.Name(), err)
+		}
+		printf("%-12s %-10s migrated to version %d in %v\n", r.Name(), r.System(), v, time.Since(t0).Round(time.Millisecond))
+	}
+	return nil
+}

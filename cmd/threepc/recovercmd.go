@@ -1,0 +1,350 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/threepc/threepc/recovery"
+	"github.com/threepc/threepc/resource"
+)
+
+func newRecoverCmd(g *globals) *cobra.Command {
+	var (
+		horizon time.Duration
+		wait    time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "recover",
+		Short: "Finish transactions whose coordinator died (exit 3 if anything is left in doubt)",
+		Long: `recover scans every database for prepared branches and marker rows and
+finishes each global transaction as the protocol says: commit when a
+precommit row exists anywhere, roll back when the primary holds an abort
+row, fence (abort row at the primary) and roll back when there is no row
+and the transaction is older than --horizon. Safe to run at any time,
+concurrently with live coordinators and other recover processes.
+
+Exit 0 when nothing is left in doubt, 3 otherwise.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rs, err := openResources(ctx, g.dbs, openOpts{min: 1})
+			if err != nil {
+				return err
+			}
+			defer closeResources(rs)
+			sc, err := recovery.New(rs, recovery.WithHorizon(horizon), recovery.WithInstanceID(instanceID("recover")))
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			all, last, err := recoverUntil(ctx, sc, wait)
+			if err != nil {
+				return failedErrorf("%v", err)
+			}
+			printReport(os.Stdout, all, false)
+			return recoverVerdict(os.Stdout, last, horizon)
+		},
+	}
+	cmd.Flags().DurationVar(&horizon, "horizon", recovery.DefaultHorizon, "leave transactions younger than this alone (their coordinator may still be running); 0 when you know no coordinator runs")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "keep scanning (with backoff) until nothing is in doubt or this much time has passed")
+	return cmd
+}
+
+func instanceID(role string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("threepc-%s@%s/%d", role, host, os.Getpid())
+}
+
+// recoverUntil scans once, then again while something is unresolved and
+// wait allows. It returns every transaction seen (the latest report of
+// each) and the last report.
+func recoverUntil(ctx context.Context, sc *recovery.Scanner, wait time.Duration) (*recovery.Report, *recovery.Report, error) {
+	deadline := time.Now().Add(wait)
+	seen := map[string]recovery.TxReport{}
+	var last *recovery.Report
+	pause := 100 * time.Millisecond
+	for {
+		rep, err := sc.ScanOnce(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		last = rep
+		for _, t := range rep.Transactions {
+			if prev, ok := seen[t.GTID]; ok && t.Action == recovery.ActionWait && prev.Action != recovery.ActionWait {
+				continue // keep what an earlier scan did
+			}
+			seen[t.GTID] = t
+		}
+		if len(unresolved(rep)) == 0 && len(rep.Unreachable) == 0 || !time.Now().Add(pause).Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(pause*2, 2*time.Second)
+	}
+	all := *last
+	all.Transactions = nil
+	for _, g := range slices.Sorted(maps.Keys(seen)) {
+		all.Transactions = append(all.Transactions, seen[g])
+	}
+	return &all, last, nil
+}
+
+// unresolved returns the transactions of a report that still have a
+// prepared branch or could not be decided. For a dry run (Inspect) every
+// prepared branch counts.
+func unresolved(rep *recovery.Report) []recovery.TxReport {
+	var out []recovery.TxReport
+	for _, t := range rep.Transactions {
+		if isUnresolved(t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func isUnresolved(t recovery.TxReport) bool {
+	if t.Action == recovery.ActionInDoubt || t.Err != nil {
+		return true
+	}
+	for _, b := range t.Branches {
+		if !b.Done {
+			return true
+		}
+	}
+	return false
+}
+
+func recoverVerdict(w io.Writer, last *recovery.Report, horizon time.Duration) error {
+	left := unresolved(last)
+	young := 0
+	for _, t := range left {
+		if t.Action == recovery.ActionWait {
+			young++
+		}
+	}
+	for n, err := range last.Unreachable {
+		fmt.Fprintf(w, "database %q could not be scanned: %s\n", n, oneLine(err.Error()))
+	}
+	switch {
+	case len(left) == 0 && len(last.Unreachable) == 0:
+		fmt.Fprintln(w, "nothing in doubt")
+		return nil
+	case young == len(left) && len(last.Unreachable) == 0:
+		return inDoubtErrorf("%s younger than the in-flight horizon (%v) left alone: a coordinator may still be running them; run again later, or with --horizon 0 if no coordinator is running", plural(young, "transaction"), horizon)
+	}
+	return inDoubtErrorf("%s left in doubt (oldest %v); see the table above, fix what it names and run recover again", plural(len(left), "transaction"), last.OldestInDoubt().Round(time.Second))
+}
+
+// printReport prints one line per transaction.
+func printReport(w io.Writer, rep *recovery.Report, dry bool) {
+	if len(rep.Transactions) == 0 {
+		fmt.Fprintln(w, "no prepared branches and no marker rows found")
+		return
+	}
+	tw := newTable(w)
+	act := "ACTION"
+	if dry {
+		act = "WOULD"
+	}
+	fmt.Fprintf(tw, "GTID\tAGE\tPRIMARY\tBRANCHES\tMARKERS\t%s\tREASON\n", act)
+	for _, t := range rep.Transactions {
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", t.GTID, t.Age.Round(100*time.Millisecond), t.Primary,
+			branchList(t, dry), markerList(t), t.Action, reason(t))
+	}
+	_ = tw.Flush()
+	if !dry {
+		counts := map[recovery.Action]int{}
+		for _, t := range rep.Transactions {
+			counts[t.Action]++
+		}
+		var parts []string
+		for _, a := range []recovery.Action{recovery.ActionCommit, recovery.ActionRollback, recovery.ActionFence, recovery.ActionCollect, recovery.ActionWait, recovery.ActionInDoubt} {
+			if counts[a] > 0 {
+				parts = append(parts, fmt.Sprintf("%s %d", a, counts[a]))
+			}
+		}
+		fmt.Fprintf(w, "%s: %s\n", plural(len(rep.Transactions), "transaction"), strings.Join(parts, ", "))
+	}
+}
+
+func branchList(t recovery.TxReport, dry bool) string {
+	if len(t.Branches) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, b := range t.Branches {
+		s := b.Resource + ":prepared"
+		switch {
+		case b.Done && (t.Action == recovery.ActionCommit):
+			s = b.Resource + ":committed"
+		case b.Done:
+			s = b.Resource + ":rolled-back"
+		case b.Err != nil:
+			s = b.Resource + ":error"
+		}
+		_ = dry
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, ",")
+}
+
+func markerList(t recovery.TxReport) string {
+	if len(t.Markers) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, n := range slices.Sorted(maps.Keys(t.Markers)) {
+		parts = append(parts, n+":"+string(t.Markers[n].State))
+	}
+	return strings.Join(parts, ",")
+}
+
+func reason(t recovery.TxReport) string {
+	r := t.Reason
+	if t.Err != nil {
+		r += ": " + oneLine(t.Err.Error())
+	}
+	for _, b := range t.Branches {
+		if b.Err != nil {
+			r += "; " + b.Resource + ": " + oneLine(b.Err.Error())
+		}
+	}
+	if r == "" {
+		r = "-"
+	}
+	return r
+}
+
+func newInspectCmd(g *globals) *cobra.Command {
+	var horizon time.Duration
+	cmd := &cobra.Command{
+		Use:   "inspect",
+		Short: "Show in-doubt transactions and what recover would do, changing nothing (exit 3 if any)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			rs, err := openResources(ctx, g.dbs, openOpts{min: 1})
+			if err != nil {
+				return err
+			}
+			defer closeResources(rs)
+			sc, err := recovery.New(rs, recovery.WithHorizon(horizon), recovery.WithLogger(quietLogger()))
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			rep, err := sc.Inspect(ctx)
+			if err != nil {
+				return failedErrorf("%v", err)
+			}
+			printReport(os.Stdout, rep, true)
+			fmt.Println()
+			printPrepared(ctx, os.Stdout, rs)
+			if left := unresolved(rep); len(left) > 0 || len(rep.Unreachable) > 0 {
+				return inDoubtErrorf("%s in doubt (oldest %v): run threepc recover", plural(len(left), "transaction"), oldest(left).Round(time.Second))
+			}
+			fmt.Println("nothing in doubt")
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&horizon, "horizon", recovery.DefaultHorizon, "the in-flight horizon recover would use")
+	return cmd
+}
+
+func oldest(ts []recovery.TxReport) time.Duration {
+	var o time.Duration
+	for _, t := range ts {
+		o = max(o, t.Age)
+	}
+	return o
+}
+
+// printPrepared prints, per database, how many prepared transactions the
+// server holds and how old they are: forgotten ones hold locks and, in
+// PostgreSQL, hold back VACUUM.
+func printPrepared(ctx context.Context, w io.Writer, rs []resource.Resource) {
+	fmt.Fprintln(w, "prepared transactions on the servers:")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "  DATABASE\tSYSTEM\tTHREEPC\tOLDEST\tOTHER\tOLDEST OTHER")
+	for _, r := range rs {
+		ours, oldestOurs, others, oldestOther, err := preparedStats(ctx, r)
+		if err != nil {
+			fmt.Fprintf(tw, "  %s\t%s\terror: %s\n", r.Name(), r.System(), oneLine(err.Error()))
+			continue
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%s\t%d\t%s\n", r.Name(), r.System(), ours, ageStr(oldestOurs, ours), others, ageStr(oldestOther, others))
+	}
+	_ = tw.Flush()
+}
+
+func ageStr(d time.Duration, n int) string {
+	switch {
+	case n == 0:
+		return "-"
+	case d < 0:
+		return "unknown"
+	}
+	return d.Round(time.Second).String()
+}
+
+// preparedStats counts prepared transactions: threepc's (by id prefix)
+// and others'. PostgreSQL's are those of the resource's database; MySQL's
+// XA RECOVER is server-wide and has no timestamps (others' age is -1).
+func preparedStats(ctx context.Context, r resource.Resource) (ours int, oldestOurs time.Duration, others int, oldestOther time.Duration, err error) {
+	now := time.Now()
+	if r.System() == "postgresql" {
+		rows, err := r.DB().QueryContext(ctx, "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()")
+		if err != nil {
+			return 0, 0, 0, 0, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var gid string
+			var at time.Time
+			if err := rows.Scan(&gid, &at); err != nil {
+				return 0, 0, 0, 0, err
+			}
+			if _, ok := resource.ParsePostgresGID(gid); ok {
+				ours++
+				oldestOurs = max(oldestOurs, now.Sub(at))
+			} else {
+				others++
+				oldestOther = max(oldestOther, now.Sub(at))
+			}
+		}
+		return ours, oldestOurs, others, oldestOther, rows.Err()
+	}
+	rows, err := r.DB().QueryContext(ctx, "XA RECOVER")
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var fid, gl, bl int
+		var data []byte
+		if err := rows.Scan(&fid, &gl, &bl, &data); err != nil {
+			return 0, 0, 0, 0, err
+		}
+		if gl+bl > len(data) {
+			continue
+		}
+		if x, ok := resource.ParseMySQL(fid, string(data[:gl]), string(data[gl:gl+bl])); ok {
+			ours++
+			oldestOurs = max(oldestOurs, now.Sub(x.Time()))
+		} else {
+			others++
+			oldestOther = -1
+		}
+	}
+	return ours, oldestOurs, others, oldestOther, rows.Err()
+}
