@@ -29,11 +29,11 @@
 // and not the machine. When the test binary runs as root the servers run
 // as the postgres or mysql OS user (or nobody).
 //
-// The first Start of a kind on a machine keeps a copy of the freshly
-// initialised data directory in the temporary directory
-// (threepc-cache-<kind>-<hash>); later Starts copy it instead of running
-// initdb or mariadb-install-db, which cuts start-up from about a second to
-// a few hundred milliseconds.
+// Server directories live in /dev/shm when it is a tmpfs with room (else
+// the temporary directory). The first Start of a kind keeps a copy of the
+// freshly initialised data directory there
+// (threepc-cache-<kind>-<hash>); later Starts, in any test binary, copy
+// it instead of running initdb or mariadb-install-db.
 package harness
 
 import (
@@ -66,7 +66,9 @@ type Options struct {
 	// here), for MariaDB `--name=value`.
 	Settings map[string]string
 	// Dir is the parent of the server's temporary directory; default
-	// os.TempDir().
+	// /dev/shm when it is a tmpfs with room, else os.TempDir(). When the
+	// test runs as root, the server's OS user must be able to reach it
+	// (t.TempDir() is made reachable automatically).
 	Dir string
 	// Log receives one line per server event (start, kill, restart); nil
 	// discards them.

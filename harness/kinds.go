@@ -30,6 +30,10 @@ var postgresDefaults = map[string]string{
 	"shared_buffers":            "32MB",
 	"log_min_messages":          "warning",
 	"log_line_prefix":           "%m [%p] ",
+	// The default, posix, puts segments in /dev/shm that a killed
+	// postmaster leaves behind (0.5 MB each, never freed); mmap keeps them
+	// in the data directory, which Close removes.
+	"dynamic_shared_memory_type": "mmap",
 }
 
 // mariadbDefaults keep InnoDB small and start-up fast. Log flushing at
@@ -52,7 +56,10 @@ func (s *Server) initData(ctx context.Context) error {
 	case Postgres:
 		return s.runInit(ctx, s.bin.initdb,
 			"-D", s.dataDir, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-			"--no-locale", "--no-sync", "--no-instructions")
+			"--no-locale", "--no-sync", "--no-instructions",
+			// 1 MB WAL segments instead of 16 MB: a quarter less to write
+			// and to copy from the template.
+			"--wal-segsize=1")
 	case MariaDB:
 		return s.runInit(ctx, s.bin.initdb,
 			"--no-defaults",

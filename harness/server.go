@@ -91,6 +91,9 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Dir == "" {
+		opts.Dir = defaultParent()
+	}
 	removeStaleDirs(opts.Dir)
 	dir, err := os.MkdirTemp(opts.Dir, "threepc-harness-"+string(kind)+"-")
 	if err != nil {

@@ -17,7 +17,7 @@ import (
 
 // templateVersion changes whenever initData's arguments change, so that
 // templates made by an older harness are not used.
-const templateVersion = "1"
+const templateVersion = "2"
 
 // prepareData fills s.dataDir. initdb and mariadb-install-db take about a
 // second each (several under load) while copying their result takes a
@@ -60,11 +60,7 @@ func (s *Server) templateDir() string {
 		}
 		fmt.Fprintf(h, "%s|%d|%d|", p, fi.Size(), fi.ModTime().UnixNano())
 	}
-	parent := s.opts.Dir
-	if parent == "" {
-		parent = os.TempDir()
-	}
-	return filepath.Join(parent, "threepc-cache-"+string(s.kind)+"-"+hex.EncodeToString(h.Sum(nil)[:8]))
+	return filepath.Join(s.opts.Dir, "threepc-cache-"+string(s.kind)+"-"+hex.EncodeToString(h.Sum(nil)[:8]))
 }
 
 const manifestName = "manifest"
