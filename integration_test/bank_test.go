@@ -44,11 +44,11 @@ func seedBank(t *testing.T, rs []resource.Resource) {
 type outcome int
 
 const (
-	outCommitted outcome = iota // nil
-	outPending                  // ErrCommitPending: decided commit
-	outAborted                  // ErrAborted
-	outInDoubt                  // ErrInDoubt
-	outWorkFailed               // a statement failed: rolled back before any vote
+	outCommitted  outcome = iota // nil
+	outPending                   // ErrCommitPending: decided commit
+	outAborted                   // ErrAborted
+	outInDoubt                   // ErrInDoubt
+	outWorkFailed                // a statement failed: rolled back before any vote
 	outUnclassified
 )
 

@@ -11,12 +11,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	mysqldriver "github.com/go-sql-driver/mysql"
 
 	"github.com/threepc/threepc/drivers"
 	"github.com/threepc/threepc/harness"
@@ -25,7 +28,12 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+func TestMain(m *testing.M) {
+	// The MySQL driver logs every broken connection; here they are
+	// deliberate, by the thousand, and the tests check outcomes instead.
+	_ = mysqldriver.SetLogger(log.New(io.Discard, "", 0))
+	os.Exit(harness.Main(m))
+}
 
 // quiet is the logger given to coordinators and scanners: their warnings
 // are expected here by the hundred, and the tests check outcomes instead.
