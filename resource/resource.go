@@ -161,3 +161,19 @@ type PreparedBranch struct {
 	// Owner is the database user that prepared the branch, when known.
 	Owner string
 }
+
+// MarkerCommitter is an optional Branch ability, found by type assertion:
+// commit the branch one-phase with a marker row inserted inside its own
+// transaction. The coordinator uses it for the "logging last resource"
+// optimization: the primary's branch is never prepared, and its local
+// commit is the commit point, atomically with the decision row.
+//
+// CommitWithMarker inserts m (a compare-and-set on the gtid, as
+// InsertMarker) in the branch's transaction and commits it. If a row for
+// the gtid exists it fails with an error wrapping ErrMarkerExists and the
+// branch is rolled back. A connection error leaves the outcome unknown:
+// the caller resolves it through the marker table, where the gtid's
+// primary key serializes the commit against any other insert.
+type MarkerCommitter interface {
+	CommitWithMarker(ctx context.Context, m Marker) error
+}

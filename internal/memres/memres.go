@@ -426,6 +426,33 @@ func (h *branchHandle) CommitOnePhase(context.Context) error {
 	})
 }
 
+// CommitWithMarker inserts m and commits the branch one-phase, as one
+// atomic step (resource.MarkerCommitter).
+func (h *branchHandle) CommitWithMarker(_ context.Context, m resource.Marker) error {
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	op := h.op("commit-with-marker")
+	op.State = m.State
+	err := h.r.p.do(op, func(d *db) error {
+		if h.b.state != Active {
+			return fmt.Errorf("memres: commit-with-marker of a %v branch", h.b.state)
+		}
+		if _, ok := d.markers[m.GTID]; ok {
+			h.b.state = Aborted
+			return resource.ErrMarkerExists
+		}
+		m.Participants = slices.Clone(m.Participants)
+		m.CreatedAt = h.r.p.w.clock.Now()
+		d.markers[m.GTID] = m
+		d.everPreCommit[m.GTID] = m.State == resource.StatePreCommit || d.everPreCommit[m.GTID]
+		h.b.state = Committed
+		return nil
+	})
+	h.r.p.sessionLost(h.b, err)
+	return err
+}
+
 func (h *branchHandle) Rollback(context.Context) error {
 	return h.do("rollback", func(*db) error {
 		switch h.b.state {
