@@ -10,6 +10,7 @@ import (
 
 	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 // Commit commits the transaction on every enlisted resource, atomically.
@@ -27,12 +28,14 @@ import (
 // ctx bounds the work before the commit point (prepare and decision).
 // Once the decision is recorded the commit phase runs to completion (or
 // the commit timeout) even if ctx is cancelled.
-func (tx *Tx) Commit(ctx context.Context) error {
+func (tx *Tx) Commit(ctx context.Context) (err error) {
 	branches, err := tx.finish()
 	if err != nil {
 		return err
 	}
 	defer tx.releaseStatements()
+	defer func() { tx.endTelemetry(outcomeOf(err), err) }()
+	ctx = tx.tel.Context(ctx)
 	m := tx.m
 	if tx.failed != nil {
 		return tx.abort(ctx, branches, "", resource.PhaseBegin, tx.failed)
@@ -44,16 +47,31 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		return tx.commitOnePhase(ctx, branches[0])
 	}
 
+	// Logging last resource: the primary is not prepared; its one-phase
+	// commit, with the decision row inserted inside it, is the commit
+	// point.
+	var last resource.MarkerCommitter
+	voters := branches
+	if m.opts.lastResource {
+		if mc, ok := branches[0].b.(resource.MarkerCommitter); ok {
+			last, voters = mc, branches[1:]
+		}
+	}
+
 	// Vote. The transaction timeout bounds the work and the vote.
 	if err := tx.checkDeadline(ctx); err != nil {
 		return tx.abort(ctx, branches, "", resource.PhasePrepare, err)
 	}
 	prepCtx, cancel := context.WithDeadlineCause(ctx, tx.wallDeadline(), ErrTimeout)
-	errs := m.fanout(branches, func(b *branch) error {
+	prepCtx, phase := tx.tel.Phase(prepCtx, tracing.PhasePrepare)
+	errs := m.fanout(voters, func(b *branch) error {
 		if err := m.failpoint(prepCtx, BeforePrepare, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		vote, err := b.b.Prepare(prepCtx)
+		octx, op := m.tel.Op(prepCtx, tracing.OpPrepare, b.res)
+		vote, err := b.b.Prepare(octx)
+		op.Vote(vote)
+		op.End(err)
 		if err != nil {
 			return tx.stmtError(err)
 		}
@@ -62,14 +80,23 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		return m.failpoint(prepCtx, AfterPrepare, tx.gtid, b.xid.Branch)
 	})
 	cancel()
+	phase.End(errors.Join(errs...))
 	if i, err := firstError(errs); err != nil {
-		return tx.abort(ctx, branches, branches[i].xid.Branch, resource.PhasePrepare, err)
+		return tx.abort(ctx, branches, voters[i].xid.Branch, resource.PhasePrepare, err)
 	}
-	live := slices.DeleteFunc(slices.Clone(branches), func(b *branch) bool { return b.readOnly })
-	for _, b := range branches {
+	live := slices.DeleteFunc(slices.Clone(voters), func(b *branch) bool { return b.readOnly })
+	for _, b := range voters {
 		if b.readOnly {
 			tx.closeBranch(b)
 		}
+	}
+	if last != nil {
+		if len(live) == 0 {
+			// Every other branch was read-only: a local commit suffices.
+			return tx.commitOnePhase(ctx, branches[0])
+		}
+		// The primary's branch is undecided too until its commit.
+		live = append([]*branch{branches[0]}, live...)
 	}
 	if len(live) == 0 {
 		return nil // every branch was read-only: nothing to commit
@@ -89,7 +116,14 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	if m.opts.protocol == ThreePC && seeded.EarlyPreCommit.Load() {
 		tx.preCommit(ctx, marker, live)
 	}
-	decided, err := tx.decide(ctx, marker)
+	dctx, phase := tx.tel.Phase(ctx, tracing.PhaseDecide)
+	var decided bool
+	if last != nil {
+		decided, err = tx.decideLast(dctx, marker, last)
+	} else {
+		decided, err = tx.decide(dctx, marker)
+	}
+	phase.End(err)
 	switch {
 	case errors.Is(err, ErrInDoubt):
 		tx.closeAll(live)
@@ -104,6 +138,10 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx)
 	_ = m.failpoint(ctx, AfterDecide, tx.gtid, tx.primary)
 
+	if last != nil {
+		tx.closeBranch(live[0]) // committed with the decision
+		live = live[1:]
+	}
 	markedAt := []string{tx.primary}
 	if m.opts.protocol == ThreePC {
 		markedAt = append(markedAt, tx.preCommit(ctx, marker, live)...)
@@ -117,13 +155,14 @@ func (tx *Tx) Commit(ctx context.Context) error {
 
 // Rollback rolls the transaction back. Rolling back a finished
 // transaction returns ErrTxDone.
-func (tx *Tx) Rollback(ctx context.Context) error {
+func (tx *Tx) Rollback(ctx context.Context) (err error) {
 	branches, err := tx.finish()
 	if err != nil {
 		return err
 	}
 	defer tx.releaseStatements()
-	return tx.rollbackAll(ctx, branches)
+	defer func() { tx.endTelemetry(tracing.OutcomeAborted, err) }()
+	return tx.rollbackAll(tx.tel.Context(ctx), branches)
 }
 
 func (tx *Tx) checkDeadline(ctx context.Context) error {
@@ -149,7 +188,11 @@ func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
 	// cancellation no longer applies.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
-	err := b.b.CommitOnePhase(cctx)
+	octx, phase := tx.tel.Phase(cctx, tracing.PhaseCommitOnePhase)
+	octx, op := m.tel.Op(octx, tracing.OpCommitOnePhase, b.res)
+	err := b.b.CommitOnePhase(octx)
+	op.End(err)
+	phase.End(err)
 	switch {
 	case err == nil:
 		return nil
@@ -194,10 +237,14 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 			return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
 		}
 		ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-		err := primary.InsertMarker(ictx, marker)
+		octx, op := m.tel.Op(ictx, tracing.OpInsertMarker, primary)
+		err := primary.InsertMarker(octx, marker)
+		op.End(err)
 		if errors.Is(err, resource.ErrMarkerExists) {
 			var row resource.Marker
-			row, err = primary.ReadMarker(ictx, tx.gtid)
+			octx, op := m.tel.Op(ictx, tracing.OpReadMarker, primary)
+			row, err = primary.ReadMarker(octx, tx.gtid)
+			op.End(err)
 			if err == nil {
 				cancel()
 				if row.State == resource.StatePreCommit {
@@ -218,8 +265,67 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 		// safe: only this coordinator writes precommit for its gtid, so
 		// ErrMarkerExists then tells which way it went.
 		lastErr = err
+		tracing.Retry(ctx, attempt+1, err)
 		m.opts.logger.Warn("threepc: decision outcome unknown, retrying", "gtid", tx.gtid, "primary", tx.primary, "attempt", attempt+1, "err", err)
 	}
+}
+
+// decideLast is decide for the logging-last-resource optimization: the
+// primary's branch commits one-phase with the precommit row inside it. If
+// that commit's outcome is unknown, the coordinator fences itself: an
+// abort row inserted at the primary either goes in (the commit did not
+// happen and never will: the gtid's primary key serializes the two) or
+// meets the precommit row (it did).
+func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resource.MarkerCommitter) (bool, error) {
+	m := tx.m
+	decisionDeadline := tx.deadline.Add(m.opts.decideTimeout)
+	if err := m.failpoint(ctx, BeforeDecide, tx.gtid, tx.primary); err != nil {
+		return false, err
+	}
+	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
+	err := last.CommitWithMarker(ictx, marker)
+	cancel()
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, resource.ErrMarkerExists):
+		return false, ErrFenced
+	case !resource.IsConnectionError(err) && !errors.Is(err, context.DeadlineExceeded):
+		return false, err // refused: the primary's transaction rolled back
+	}
+	primary := m.res[tx.primary]
+	fence := marker
+	fence.State = resource.StateAbort
+	lastErr := err
+	// The fence is always safe to attempt, so it is bounded by the decide
+	// timeout from now rather than by the decision deadline.
+	giveUp := m.opts.clock.Now().Add(m.opts.decideTimeout)
+	for attempt := 1; m.opts.clock.Now().Before(giveUp); attempt++ {
+		m.opts.logger.Warn("threepc: outcome of the primary's commit unknown, fencing", "gtid", tx.gtid, "primary", tx.primary, "attempt", attempt, "err", lastErr)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.decideTimeout)
+		err := primary.InsertMarker(fctx, fence)
+		if err == nil {
+			cancel()
+			return false, fmt.Errorf("%w: the primary's commit did not happen (fenced by the coordinator): %w", ErrFenced, lastErr)
+		}
+		if errors.Is(err, resource.ErrMarkerExists) {
+			var row resource.Marker
+			row, err = primary.ReadMarker(fctx, tx.gtid)
+			if err == nil {
+				cancel()
+				if row.State == resource.StatePreCommit {
+					return true, nil
+				}
+				return false, ErrFenced
+			}
+		}
+		cancel()
+		lastErr = err
+		if serr := m.opts.sleep(ctx, backoff(attempt)); serr != nil {
+			break
+		}
+	}
+	return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
 }
 
 // preCommit writes the precommit row at every non-primary participant
@@ -233,17 +339,22 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 			others = append(others, b)
 		}
 	}
+	ctx, phase := tx.tel.Phase(ctx, tracing.PhasePreCommit)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(others, func(b *branch) error {
 		if err := m.failpoint(cctx, BeforePreCommit, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		if err := b.res.InsertMarker(cctx, marker); err != nil && !errors.Is(err, resource.ErrMarkerExists) {
+		octx, op := m.tel.Op(cctx, tracing.OpInsertMarker, b.res)
+		err := b.res.InsertMarker(octx, marker)
+		op.End(err)
+		if err != nil && !errors.Is(err, resource.ErrMarkerExists) {
 			return err
 		}
 		return m.failpoint(cctx, AfterPreCommit, tx.gtid, b.xid.Branch)
 	})
+	phase.End(errors.Join(errs...))
 	var marked []string
 	for i, err := range errs {
 		if err != nil {
@@ -259,6 +370,7 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 // timeout. ctx is already detached from the caller's cancellation.
 func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 	m := tx.m
+	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCommit)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(live, func(b *branch) error {
@@ -266,11 +378,15 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 		if err := m.failpoint(cctx, BeforeCommit, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		if err := tx.commitBranch(cctx, b); err != nil {
+		octx, op := m.tel.Op(cctx, tracing.OpCommit, b.res)
+		err := tx.commitBranch(octx, b)
+		op.End(err)
+		if err != nil {
 			return err
 		}
 		return m.failpoint(cctx, AfterCommit, tx.gtid, b.xid.Branch)
 	})
+	phase.End(errors.Join(errs...))
 	var pending []string
 	for i, err := range errs {
 		if err != nil {
@@ -293,6 +409,7 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 		if !m.opts.clock.Now().Before(giveUp) {
 			return err
 		}
+		tracing.Retry(ctx, attempt, err)
 		if errors.Is(err, resource.ErrUnknownBranch) {
 			// After the decision nobody can roll the branch back, so a
 			// branch that is no longer prepared was committed by
@@ -331,6 +448,8 @@ func isPrepared(ctx context.Context, b *branch) (bool, error) {
 // committed. Rows it cannot delete are collected by recovery.
 func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
 	m := tx.m
+	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCleanup)
+	defer phase.End(nil)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.cleanupTimeout)
 	defer cancel()
 	if err := m.failpoint(cctx, BeforeCleanup, tx.gtid, tx.primary); err != nil {
@@ -340,7 +459,10 @@ func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
 	// collected, and the primary's row is the one that must go last.
 	slices.Reverse(markedAt)
 	for _, name := range markedAt {
-		if err := m.res[name].DeleteMarkers(cctx, tx.gtid); err != nil {
+		octx, op := m.tel.Op(cctx, tracing.OpDeleteMarkers, m.res[name])
+		err := m.res[name].DeleteMarkers(octx, tx.gtid)
+		op.End(err)
+		if err != nil {
 			m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", name, "err", err)
 		}
 	}
@@ -364,6 +486,7 @@ func (tx *Tx) abort(ctx context.Context, branches []*branch, culprit string, pha
 // and rolls it back.
 func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 	m := tx.m
+	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseRollback)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(branches, func(b *branch) error {
@@ -374,16 +497,22 @@ func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 		if err := m.failpoint(rctx, BeforeRollback, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		err := b.b.Rollback(rctx)
+		octx, op := m.tel.Op(rctx, tracing.OpRollback, b.res)
+		err := b.b.Rollback(octx)
+		op.End(err)
 		if err != nil && b.prepared && !errors.Is(err, resource.ErrUnknownBranch) {
-			err = b.res.RollbackPrepared(rctx, b.xid)
+			octx, op := m.tel.Op(rctx, tracing.OpRollbackPrepared, b.res)
+			err = b.res.RollbackPrepared(octx, b.xid)
+			op.End(err)
 		}
 		if err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
 			return &resource.BranchError{Resource: b.xid.Branch, Phase: resource.PhaseRollback, Err: err}
 		}
 		return m.failpoint(rctx, AfterRollback, tx.gtid, b.xid.Branch)
 	})
-	return errors.Join(errs...)
+	err := errors.Join(errs...)
+	phase.End(err)
+	return err
 }
 
 func (tx *Tx) closeBranch(b *branch) {

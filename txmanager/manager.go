@@ -33,6 +33,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 // Manager coordinates distributed transactions over a fixed set of
@@ -40,6 +41,7 @@ import (
 type Manager struct {
 	res  map[string]resource.Resource
 	opts options
+	tel  *tracing.Coordinator
 }
 
 // New returns a manager over resources, whose names must be unique. It
@@ -60,6 +62,7 @@ func New(resources []resource.Resource, opts ...Option) (*Manager, error) {
 		}
 		m.res[r.Name()] = r
 	}
+	m.tel = newTelemetry(m.opts)
 	return m, nil
 }
 
@@ -108,6 +111,7 @@ func (m *Manager) Begin(ctx context.Context) (*Tx, error) {
 		deadline: now.Add(m.opts.timeout),
 		branches: make(map[string]*branch),
 	}
+	tx.tel = m.tel.Start(ctx, tx.gtid)
 	return tx, nil
 }
 
@@ -122,7 +126,7 @@ func (m *Manager) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) 
 	if err != nil {
 		return err
 	}
-	fnCtx, cancel := context.WithDeadlineCause(ctx, tx.deadline, ErrTimeout)
+	fnCtx, cancel := context.WithDeadlineCause(tx.tel.Context(ctx), tx.deadline, ErrTimeout)
 	defer cancel()
 	panicked := true
 	defer func() {

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Protocol selects the commit protocol.
@@ -56,8 +59,11 @@ type options struct {
 	logger         *slog.Logger
 	failpoint      FailpointFunc
 	onePhase       bool
+	lastResource   bool
 	sequential     bool // fan out one branch at a time, in order (deterministic tests)
 	sleep          func(ctx context.Context, d time.Duration) error
+	tracerProvider trace.TracerProvider // nil: otel.GetTracerProvider()
+	meterProvider  metric.MeterProvider // nil: otel.GetMeterProvider()
 }
 
 func defaultOptions() options {
@@ -162,4 +168,26 @@ func WithFailpoints(f FailpointFunc) Option {
 // transaction, with no prepare and no marker. Default on.
 func WithOnePhase(on bool) Option {
 	return optionFunc(func(o *options) error { o.onePhase = on; return nil })
+}
+
+// WithTracerProvider sets the provider of the manager's tracer (scope
+// tracing.ScopeName). Default: otel.GetTracerProvider() at New.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return optionFunc(func(o *options) error { o.tracerProvider = tp; return nil })
+}
+
+// WithMeterProvider sets the provider of the manager's meter (scope
+// tracing.ScopeName). Default: otel.GetMeterProvider() at New.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return optionFunc(func(o *options) error { o.meterProvider = mp; return nil })
+}
+
+// WithLastResource switches the logging-last-resource optimization
+// (default off): the primary's branch is not prepared; it commits
+// one-phase with the decision row inserted in its own transaction, which
+// saves the primary's prepare and commit round trips. The primary is the
+// first resource enlisted; its driver must implement
+// resource.MarkerCommitter, or the optimization is skipped.
+func WithLastResource(on bool) Option {
+	return optionFunc(func(o *options) error { o.lastResource = on; return nil })
 }

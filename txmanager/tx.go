@@ -11,6 +11,7 @@ import (
 
 	"github.com/threepc/threepc/internal/sqlerr"
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 // Tx is one distributed transaction. Its branch handles (DB) may be used
@@ -20,6 +21,7 @@ type Tx struct {
 	gtid     string
 	start    time.Time // monotonic
 	deadline time.Time
+	tel      tracing.Txn // ended by whoever wins finish
 
 	mu       sync.Mutex
 	primary  string // the first resource enlisted
@@ -90,7 +92,9 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		primary = name
 	}
 	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name}
-	rb, err := r.Begin(ctx, xid)
+	bctx, op := tx.m.tel.Op(tx.tel.Context(ctx), tracing.OpBegin, r)
+	rb, err := r.Begin(bctx, xid)
+	op.End(err)
 	if err != nil {
 		return nil, tx.fail(name, resource.PhaseBegin, err)
 	}

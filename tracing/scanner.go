@@ -1,0 +1,223 @@
+package tracing
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/threepc/threepc/resource"
+)
+
+// Span names of the recovery scanner.
+const (
+	ScanSpanName    = "threepc.recovery.scan"
+	ResolveSpanName = "threepc.recovery.resolve"
+)
+
+// Scan results, the threepc.recovery.result attribute of
+// threepc.recovery.scans.
+const (
+	ResultOK         = "ok"         // every resource scanned, nothing left in doubt
+	ResultIncomplete = "incomplete" // a resource unreachable, or a transaction left in doubt
+	ResultError      = "error"      // the scan could not run
+)
+
+// Scanner is the instrumentation of one recovery.Scanner. It is safe for
+// concurrent use.
+type Scanner struct {
+	base
+	scans   metric.Int64Counter
+	actions metric.Int64Counter
+	inDoubt metric.Int64Gauge
+	oldest  metric.Float64Gauge
+}
+
+// NewScanner returns the instrumentation of a recovery scanner. Nil
+// providers mean the otel globals.
+func NewScanner(tp trace.TracerProvider, mp metric.MeterProvider) *Scanner {
+	s := &Scanner{base: newBase(tp, nil)}
+	meter := meterOf(mp)
+	var err error
+	if s.scans, err = meter.Int64Counter("threepc.recovery.scans",
+		metric.WithDescription("Recovery scans, by result."),
+		metric.WithUnit("{scan}")); err != nil {
+		otel.Handle(err)
+		s.scans = noop.Int64Counter{}
+	}
+	if s.actions, err = meter.Int64Counter("threepc.recovery.actions",
+		metric.WithDescription("What recovery did to global transactions, by action."),
+		metric.WithUnit("{transaction}")); err != nil {
+		otel.Handle(err)
+		s.actions = noop.Int64Counter{}
+	}
+	if s.inDoubt, err = meter.Int64Gauge("threepc.indoubt.transactions",
+		metric.WithDescription("Transactions that the last recovery scan left needing work, with an unfinished branch (or the primary) on the resource."),
+		metric.WithUnit("{transaction}")); err != nil {
+		otel.Handle(err)
+		s.inDoubt = noop.Int64Gauge{}
+	}
+	if s.oldest, err = meter.Float64Gauge("threepc.indoubt.oldest_age",
+		metric.WithDescription("Age of the oldest transaction that the last recovery scan left needing work on the resource; 0 when none."),
+		metric.WithUnit("s")); err != nil {
+		otel.Handle(err)
+		s.oldest = noop.Float64Gauge{}
+	}
+	return s
+}
+
+// ScanSpan is the span of one scan. The zero ScanSpan is a valid no-op.
+type ScanSpan struct {
+	s    *Scanner
+	span trace.Span
+}
+
+// StartScan starts a scan's span as a child of the span in ctx.
+func (s *Scanner) StartScan(ctx context.Context, dryRun bool) (context.Context, ScanSpan) {
+	if s == nil {
+		return ctx, ScanSpan{}
+	}
+	ctx, span := s.tracer.Start(ctx, ScanSpanName, internalSpan...)
+	if span.IsRecording() {
+		span.SetAttributes(KeyDryRun.Bool(dryRun))
+	}
+	return ctx, ScanSpan{s: s, span: span}
+}
+
+// ResourceInDoubt is one resource's in-doubt figures after a scan.
+type ResourceInDoubt struct {
+	Resource string
+	Count    int
+	Oldest   time.Duration // 0 when Count is 0
+}
+
+// ScanResult is what a scan found, for its span and the metrics.
+type ScanResult struct {
+	Resources     []string // every resource of the scanner
+	Unreachable   []string // resources that could not be scanned
+	Transactions  int      // global transactions found
+	InDoubt       int      // of which still need work
+	OldestInDoubt time.Duration
+	// PerResource feeds the in-doubt gauges. Resources that could not be
+	// scanned are left out: their gauges keep the last value seen.
+	PerResource []ResourceInDoubt
+	Err         error // the scan could not run
+}
+
+// End ends the scan's span and records the scan's metrics.
+func (sp ScanSpan) End(r ScanResult) {
+	s := sp.s
+	if s == nil {
+		return
+	}
+	ctx := context.Background()
+	result := ResultOK
+	switch {
+	case r.Err != nil:
+		result = ResultError
+	case len(r.Unreachable) > 0 || r.InDoubt > 0:
+		result = ResultIncomplete
+	}
+	s.scans.Add(ctx, 1, metric.WithAttributes(KeyResult.String(result)))
+	for _, pr := range r.PerResource {
+		attrs := metric.WithAttributes(KeyResource.String(pr.Resource))
+		s.inDoubt.Record(ctx, int64(pr.Count), attrs)
+		s.oldest.Record(ctx, pr.Oldest.Seconds(), attrs)
+	}
+	if sp.span.IsRecording() {
+		sp.span.SetAttributes(
+			KeyResult.String(result),
+			KeyResources.StringSlice(r.Resources),
+			KeyTransactions.Int(r.Transactions),
+			KeyInDoubt.Int(r.InDoubt),
+			KeyOldestInDoubt.Float64(r.OldestInDoubt.Seconds()),
+		)
+		if len(r.Unreachable) > 0 {
+			sp.span.SetAttributes(KeyUnreachable.StringSlice(r.Unreachable))
+		}
+		if r.Err != nil {
+			s.recordError(sp.span, r.Err)
+		}
+	}
+	sp.span.End()
+}
+
+// ResolveSpan is the span of one global transaction handled by a scan.
+// The zero ResolveSpan is a valid no-op.
+type ResolveSpan struct {
+	s    *Scanner
+	span trace.Span
+}
+
+// StartResolve starts the span of one gtid's resolution under the scan's
+// span in ctx.
+func (s *Scanner) StartResolve(ctx context.Context, gtid string) (context.Context, ResolveSpan) {
+	if s == nil {
+		return ctx, ResolveSpan{}
+	}
+	ctx, span := s.tracer.Start(ctx, ResolveSpanName, internalSpan...)
+	if span.IsRecording() {
+		span.SetAttributes(KeyGTID.String(gtid))
+	}
+	return ctx, ResolveSpan{s: s, span: span}
+}
+
+// actionInDoubt is recovery.ActionInDoubt (this package cannot import
+// recovery).
+const actionInDoubt = "in-doubt"
+
+// Resolution is what a scan did for one global transaction.
+type Resolution struct {
+	Action       string // recovery.Action
+	Reason       string
+	Primary      string
+	Participants []string
+	Age          time.Duration
+	Branches     int // prepared branches found
+	BranchesDone int // of which finished by this scan
+	DryRun       bool
+	Err          error // why the transaction is not resolved, if it is not
+}
+
+// End ends the span and, unless it was a dry run, counts the action.
+func (rs ResolveSpan) End(r Resolution) {
+	s := rs.s
+	if s == nil {
+		return
+	}
+	if !r.DryRun {
+		s.actions.Add(context.Background(), 1, metric.WithAttributes(KeyAction.String(r.Action)))
+	}
+	if rs.span.IsRecording() {
+		rs.span.SetAttributes(
+			KeyAction.String(r.Action),
+			KeyReason.String(r.Reason),
+			KeyPrimary.String(r.Primary),
+			KeyParticipants.StringSlice(r.Participants),
+			KeyAge.Float64(r.Age.Seconds()),
+			KeyBranches.Int(r.Branches),
+			KeyBranchesDone.Int(r.BranchesDone),
+		)
+		switch {
+		case r.Err != nil:
+			s.recordError(rs.span, r.Err)
+		case r.Action == actionInDoubt:
+			rs.span.SetAttributes(keyErrorType.String("in_doubt"))
+			rs.span.SetStatus(codes.Error, r.Reason)
+		}
+	}
+	rs.span.End()
+}
+
+// Op starts the CLIENT span of a database call under ctx's span (the scan,
+// or a resolution).
+func (s *Scanner) Op(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
+	if s == nil {
+		return ctx, OpSpan{}
+	}
+	return s.startOp(ctx, op, r)
+}
