@@ -1,0 +1,372 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/threepc/threepc/harness"
+)
+
+// bin is the threepc binary built once for the whole package.
+var bin string
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "threepc-cli-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bin = filepath.Join(dir, "threepc")
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(goTool); err != nil {
+		goTool = "go"
+	}
+	args := []string{"build", "-o", bin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command(goTool, append(args, ".")...)
+	if out, err := build.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building threepc: %v\n%s", err, out)
+		return 1
+	}
+	return harness.Main(m)
+}
+
+// result is one run of the binary.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func (r result) String() string {
+	return fmt.Sprintf("exit %d\n--- stdout:\n%s--- stderr:\n%s", r.code, r.stdout, r.stderr)
+}
+
+// cli runs the binary and waits for it (at most two minutes).
+func cli(t *testing.T, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("threepc %v: %v", args, err)
+	}
+	return result{code: code, stdout: out.String(), stderr: errb.String()}
+}
+
+// want checks the exit code and that stdout+stderr contain every string.
+func want(t *testing.T, r result, code int, contains ...string) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("want exit %d, got %s", code, r)
+	}
+	all := r.stdout + r.stderr
+	for _, s := range contains {
+		if !strings.Contains(all, s) {
+			t.Fatalf("output lacks %q:\n%s", s, r)
+		}
+	}
+}
+
+// wantUsage checks a bad-input failure: exit 2 and exactly one line on
+// stderr, starting with "threepc: ".
+func wantUsage(t *testing.T, r result, contains ...string) {
+	t.Helper()
+	want(t, r, 2, contains...)
+	lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "threepc: ") {
+		t.Fatalf("want a one-line error on stderr, got %s", r)
+	}
+}
+
+// dbs is a fresh pair of databases on the shared servers.
+type dbs struct {
+	pg, my     *harness.Server
+	pgDB, myDB string
+}
+
+func newDBs(t *testing.T) dbs {
+	t.Helper()
+	pg := harness.Shared(t, harness.Postgres)
+	my := harness.Shared(t, harness.MariaDB)
+	return dbs{pg: pg, my: my, pgDB: pg.NewDatabase(t), myDB: my.NewDatabase(t)}
+}
+
+func (d dbs) pgURL() string { return d.pg.URL(d.pgDB) }
+func (d dbs) myURL() string { return d.my.URL(d.myDB) }
+
+// flags are the --db flags for both databases.
+func (d dbs) flags() []string {
+	return []string{"--db", "pg=" + d.pgURL(), "--db", "maria=" + d.myURL()}
+}
+
+func (d dbs) args(cmd ...string) []string { return append(cmd, d.flags()...) }
+
+func (d dbs) sqlDB(t *testing.T, kind harness.Kind) *sql.DB {
+	t.Helper()
+	var db *sql.DB
+	var err error
+	if kind == harness.Postgres {
+		db, err = sql.Open("pgx", d.pg.DSN(d.pgDB))
+	} else {
+		db, err = sql.Open("mysql", d.my.DSN(d.myDB))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// setUp migrates and seeds accounts per database.
+func (d dbs) setUp(t *testing.T, accounts int) {
+	t.Helper()
+	want(t, cli(t, d.args("migrate")...), 0, "migrated to version 1")
+	want(t, cli(t, d.args("bank", "setup", "--accounts", fmt.Sprint(accounts))...), 0,
+		fmt.Sprintf("seeded total: %d", 2*accounts*1000))
+}
+
+func TestBankLifecycle(t *testing.T) {
+	d := newDBs(t)
+	d.setUp(t, 100)
+	// migrate is idempotent; setup refuses to overwrite.
+	want(t, cli(t, d.args("migrate")...), 0, "migrated to version 1")
+	wantUsage(t, cli(t, d.args("bank", "setup", "--accounts", "100")...), "--reset")
+
+	for _, p := range []string{"3pc", "2pc", "handwritten2pc"} {
+		r := cli(t, d.args("bank", "run", "--protocol", p, "--transfers", "150", "--workers", "4")...)
+		want(t, r, 0, "committed", "throughput", "("+p+", 4 workers")
+		if p != "handwritten2pc" {
+			want(t, r, 0, "phase latencies", "pre-commit")
+		}
+	}
+	want(t, cli(t, d.args("bank", "run", "--duration", "500ms", "--workers", "2")...), 0, "committed")
+	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 200000 = 200000, nothing in doubt")
+	want(t, cli(t, d.args("inspect")...), 0, "nothing in doubt", "prepared transactions on the servers")
+	want(t, cli(t, d.args("recover")...), 0, "nothing in doubt")
+
+	// Money taken out behind the workload's back is found.
+	if _, err := d.sqlDB(t, harness.MariaDB).Exec("UPDATE threepc_bank_accounts SET balance = balance - 7 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	want(t, cli(t, d.args("bank", "check")...), 1, "NOT conserved: total 199993 != seeded 200000")
+
+	// --reset starts over.
+	want(t, cli(t, d.args("bank", "setup", "--accounts", "50", "--reset")...), 0, "seeded total: 100000")
+	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 100000 = 100000")
+}
+
+// TestCrashRecoverInspect kills a coordinator at failpoints on both sides
+// of the commit point and checks what inspect and recover report.
+func TestCrashRecoverInspect(t *testing.T) {
+	d := newDBs(t)
+	d.setUp(t, 200)
+	for _, tc := range []struct{ at, action string }{
+		{"after-decide", "commit"},   // decided: recovery commits
+		{"before-decide", "fence"},   // prepared, undecided: fence, roll back
+		{"after-precommit", "commit"}, // 3PC rows at both
+	} {
+		t.Run(tc.at, func(t *testing.T) {
+			r := cli(t, d.args("demo-child", "--kill-at", tc.at, "--kill-after", "5", "--workers", "3", "--duration", "60s")...)
+			if r.code != -1 || !strings.Contains(r.stdout, "SIGKILL now at "+tc.at) {
+				t.Fatalf("child did not kill itself: %s", r)
+			}
+			r = cli(t, d.args("inspect", "--horizon", "0")...)
+			want(t, r, 3, "WOULD", tc.action, "in doubt")
+			// Young transactions are left to their (maybe live) coordinator.
+			want(t, cli(t, d.args("recover")...), 3, "younger than the in-flight horizon")
+			want(t, cli(t, d.args("bank", "check")...), 3, "in doubt", "threepc recover")
+			r = cli(t, d.args("recover", "--horizon", "0", "--wait", "20s")...)
+			want(t, r, 0, tc.action, "nothing in doubt")
+			want(t, cli(t, d.args("inspect")...), 0, "nothing in doubt")
+			want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 400000 = 400000, nothing in doubt")
+		})
+	}
+}
+
+// TestKilledBankRun: bank run SIGKILLed at a random moment, then recover,
+// then check, several rounds.
+func TestKilledBankRun(t *testing.T) {
+	d := newDBs(t)
+	d.setUp(t, 300)
+	for round := range 3 {
+		cmd := exec.Command(bin, d.args("bank", "run", "--duration", "60s", "--workers", "6", "--protocol", []string{"3pc", "2pc", "handwritten2pc"}[round])...)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(400+time.Now().UnixNano()%1200) * time.Millisecond)
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() {
+			t.Fatalf("round %d: bank run was not killed: %v\n%s", round, cmd.ProcessState, out.String())
+		}
+		r := cli(t, d.args("recover", "--horizon", "0", "--wait", "20s")...)
+		want(t, r, 0, "nothing in doubt")
+		t.Logf("round %d recover:\n%s", round, r.stdout)
+		want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 600000 = 600000, nothing in doubt")
+	}
+}
+
+func TestBench(t *testing.T) {
+	d := newDBs(t)
+	d.setUp(t, 500)
+	r := cli(t, d.args("bench", "--protocols", "local,handwritten2pc,2pc,3pc", "--concurrency", "1,4",
+		"--duration", "400ms", "--warmup", "100ms", "--json")...)
+	want(t, r, 0)
+	var res benchResult
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("bench --json: %v\n%s", err, r)
+	}
+	if len(res.Cells) != 8 {
+		t.Fatalf("want 8 cells, got %d: %s", len(res.Cells), r.stdout)
+	}
+	for _, c := range res.Cells {
+		if c.Committed == 0 || c.TxPerSec <= 0 || c.P50Ms <= 0 || c.P99Ms < c.P50Ms {
+			t.Errorf("implausible cell %+v", c)
+		}
+		if c.TputVsLocal == nil || c.TputVsHandwritten == nil {
+			t.Errorf("cell %s c=%d lacks ratios", c.Protocol, c.Concurrency)
+		}
+		if c.InDoubt+c.CommitPending+c.Failed > 0 {
+			t.Errorf("cell %s c=%d: %d in doubt, %d pending, %d failed", c.Protocol, c.Concurrency, c.InDoubt, c.CommitPending, c.Failed)
+		}
+	}
+	r = cli(t, d.args("bench", "--protocols", "3pc", "--concurrency", "2", "--duration", "200ms")...)
+	want(t, r, 0, "PROTOCOL", "TX/S", "3pc")
+	// Every atomic protocol kept the books; local only loses atomicity on
+	// errors, and none were reported above.
+	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 1000000 = 1000000")
+	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
+}
+
+func TestDemoExistingServers(t *testing.T) {
+	d := newDBs(t)
+	r := cli(t, "demo", "--pg", d.pgURL(), "--mysql", d.myURL(), "--duration", "1s")
+	want(t, r, 0, "died of SIGKILL", "after-decide", "p50 per phase", "precommit row found",
+		"conserved: 2000000 = 2000000, nothing in doubt")
+	// A second run on the same databases starts over.
+	want(t, cli(t, "demo", "--pg", d.pgURL(), "--mysql", d.myURL(), "--duration", "500ms", "--kill-at", "before-decide"), 0,
+		"fence", "conserved: 2000000 = 2000000, nothing in doubt")
+}
+
+func TestDemoZeroConfig(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own servers")
+	}
+	t0 := time.Now()
+	r := cli(t, "demo", "--duration", "1s")
+	want(t, r, 0, "Starting throwaway PostgreSQL and MariaDB servers ... done", "died of SIGKILL",
+		"conserved: 2000000 = 2000000, nothing in doubt", "servers stopped")
+	t.Logf("zero-config demo took %v", time.Since(t0))
+}
+
+func closedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return port
+}
+
+func TestBadInput(t *testing.T) {
+	d := newDBs(t)
+	closed := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?sslmode=disable", closedPort(t))
+	cases := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"no db", []string{"migrate"}, "--db NAME=URL"},
+		{"malformed", []string{"migrate", "--db", "nonsense"}, "want NAME=URL"},
+		{"bad name", []string{"migrate", "--db", "Bad Name=postgres://x@127.0.0.1/x"}, "resource name"},
+		{"duplicate", []string{"migrate", "--db", "a=" + d.pgURL(), "--db", "a=" + d.myURL()}, "given twice"},
+		{"unknown scheme", []string{"migrate", "--db", "a=redis://127.0.0.1:6379/0", "--db", "b=" + d.myURL()}, "unknown URL scheme"},
+		{"unreachable", []string{"migrate", "--db", "maria=" + d.myURL(), "--db", "pg=" + closed}, "cannot reach"},
+		{"missing migrations", d.args("bank", "setup"), "threepc migrate"},
+		{"missing migrations recover", d.args("recover"), "threepc migrate"},
+		{"one db for bank", []string{"bank", "check", "--db", "pg=" + d.pgURL()}, "at least 2"},
+		{"bad flag", d.args("bank", "run", "--workers", "many"), "invalid argument"},
+		{"unknown flag", d.args("bank", "run", "--speed", "9"), "unknown flag"},
+		{"local in bank run", d.args("bank", "run", "--protocol", "local"), "not atomic"},
+		{"unknown command", []string{"frobnicate"}, "unknown command"},
+		{"bad log level", []string{"recover", "--log-level", "loud"}, "--log-level"},
+		{"demo half flags", []string{"demo", "--pg", d.pgURL()}, "both --pg and --mysql"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			wantUsage(t, cli(t, tc.args...), tc.msg)
+		})
+	}
+	// Nothing half-done: the reachable database was not migrated.
+	var n int
+	if err := d.sqlDB(t, harness.MariaDB).QueryRow("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE()").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("a failed command created %d tables", n)
+	}
+	// Not set up yet.
+	want(t, cli(t, d.args("migrate")...), 0)
+	wantUsage(t, cli(t, d.args("bank", "run", "--transfers", "1")...), "threepc bank setup")
+	wantUsage(t, cli(t, d.args("bank", "check")...), "threepc bank setup")
+}
+
+func TestPreparedTransactionsDisabled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := harness.Start(ctx, harness.Postgres, harness.Options{Settings: map[string]string{"max_prepared_transactions": "0"}})
+	if err != nil {
+		if os.Getenv("CI") != "true" {
+			t.Skipf("no PostgreSQL: %v", err)
+		}
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	my := harness.Shared(t, harness.MariaDB)
+	for _, c := range [][]string{{"migrate"}, {"recover"}, {"bank", "setup"}} {
+		r := cli(t, append(c, "--db", "pg="+pg.URL(""), "--db", "maria="+my.URL(my.NewDatabase(t)))...)
+		wantUsage(t, r, "max_prepared_transactions")
+	}
+	// The PostgreSQL side was not touched either.
+	db, err := sql.Open("pgx", pg.DSN(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var present bool
+	if err := db.QueryRow("SELECT to_regclass('threepc_markers') IS NOT NULL").Scan(&present); err != nil {
+		t.Fatal(err)
+	}
+	if present {
+		t.Fatal("migrate created the marker table although it refused")
+	}
+}
