@@ -260,6 +260,26 @@ func TestSettings(t *testing.T) {
 		if v != "0" {
 			t.Fatalf("max_prepared_transactions = %q, want 0", v)
 		}
+		db.Close()
+
+		// Closing a running server must not leave its System V segment.
+		b, err := os.ReadFile(filepath.Join(s.dataDir, "postmaster.pid"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(strings.Split(string(b), "\n")[6])
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		shm, err := os.ReadFile("/proc/sysvipc/shm")
+		if err != nil {
+			t.Skipf("no /proc/sysvipc/shm: %v", err)
+		}
+		for _, line := range strings.Split(string(shm), "\n")[1:] {
+			if g := strings.Fields(line); len(g) > 1 && g[1] == f[1] {
+				t.Fatalf("shared memory segment %s left after Close: %s", f[1], line)
+			}
+		}
 	})
 	t.Run("mariadb", func(t *testing.T) {
 		t.Parallel()

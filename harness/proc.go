@@ -214,6 +214,7 @@ func removeStaleDirs(parent string) {
 		if serverPidAlive(d) {
 			continue
 		}
+		removeSysVSegment(filepath.Join(d, "data"))
 		os.RemoveAll(d)
 	}
 }

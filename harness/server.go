@@ -340,6 +340,9 @@ func (s *Server) Close() error {
 	delete(allServers, s)
 	allMu.Unlock()
 	err := s.killLocked()
+	if err == nil && s.kind == Postgres {
+		removeSysVSegment(s.dataDir)
+	}
 	if rerr := os.RemoveAll(s.dir); rerr != nil && err == nil {
 		err = fmt.Errorf("harness: %w", rerr)
 	}

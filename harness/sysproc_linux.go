@@ -1,6 +1,12 @@
 package harness
 
-import "syscall"
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
 
 // sysProcAttr puts the server in its own process group (so Kill reaches
 // it whole and a terminal's signals do not), kills it when the test binary
@@ -12,4 +18,30 @@ func (s *Server) sysProcAttr() *syscall.SysProcAttr {
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: s.cred,
 	}
+}
+
+// removeSysVSegment frees the small System V shared memory segment of a
+// PostgreSQL data directory whose postmaster was killed: PostgreSQL
+// removes it on a clean shutdown or at the next start on the same
+// directory, neither of which happens once Close deletes the directory.
+// Line 7 of postmaster.pid holds "key shmid".
+func removeSysVSegment(dataDir string) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return
+	}
+	f := strings.Fields(lines[6])
+	if len(f) != 2 {
+		return
+	}
+	shmid, err := strconv.Atoi(f[1])
+	if err != nil || shmid < 0 {
+		return
+	}
+	const ipcRMID = 0
+	_, _, _ = syscall.Syscall(syscall.SYS_SHMCTL, uintptr(shmid), ipcRMID, 0)
 }
