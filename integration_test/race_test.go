@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/threepc/threepc/harness"
+	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/recovery"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
@@ -37,14 +39,18 @@ func TestRaceScanWhilePaused(t *testing.T) {
 				}
 			}
 			t.Run(fmt.Sprintf("%s/%s", protocol, fp), func(t *testing.T) {
-				racePaused(t, ps, coordRs, protocol, fp)
+				for _, p := range racePaused(t, ps, coordRs, protocol, fp) {
+					t.Error(p)
+				}
 			})
 		}
 	}
 	collectAborts(t, openAll(t, ps))
 }
 
-func racePaused(t *testing.T, ps []part, coordRs []resource.Resource, protocol txmanager.Protocol, target txmanager.Failpoint) {
+// racePaused runs one transaction paused at target while two scans run,
+// and returns the broken invariants.
+func racePaused(t *testing.T, ps []part, coordRs []resource.Resource, protocol txmanager.Protocol, target txmanager.Failpoint) (problems []string) {
 	ctx := testCtx(t, time.Minute)
 	key := fmt.Sprintf("race-%s-%s", protocol, target)
 	paused, release := make(chan string, 1), make(chan struct{})
@@ -125,24 +131,56 @@ func racePaused(t *testing.T, ps []part, coordRs []resource.Resource, protocol t
 		n[i] = count(t, ctx, r, "SELECT COUNT(*) FROM crash_rows WHERE k = "+ph(r, 1), key)
 	}
 	if n[0] != n[1] {
-		t.Fatalf("MIXED OUTCOME for %s paused at %s: rows %v (coordinator: %v, scans: %v)", gtid, target, n, cerr, actions)
+		problems = append(problems, fmt.Sprintf("MIXED OUTCOME for %s paused at %s: rows %v (coordinator: %v, scans: %v)", gtid, target, n, cerr, actions))
 	}
 	switch {
 	case cerr == nil, errors.Is(cerr, txmanager.ErrCommitPending):
-		if n[0] != 1 {
-			t.Errorf("coordinator reported commit (%v) but the rows are absent", cerr)
+		if n[0] != 1 || n[1] != 1 {
+			problems = append(problems, fmt.Sprintf("coordinator reported commit (%v) but rows are %v", cerr, n))
 		}
 	case errors.Is(cerr, txmanager.ErrAborted):
-		if n[0] != 0 {
-			t.Errorf("coordinator reported abort (%v) but the rows are present", cerr)
+		if n[0] != 0 || n[1] != 0 {
+			problems = append(problems, fmt.Sprintf("coordinator reported abort (%v) but rows are %v", cerr, n))
 		}
 	case errors.Is(cerr, txmanager.ErrInDoubt):
 	default:
-		t.Errorf("coordinator returned an error outside the outcome classes: %v", cerr)
+		problems = append(problems, fmt.Sprintf("coordinator returned an error outside the outcome classes: %v", cerr))
 	}
 	checkClean(t, ctx, rs)
-	t.Logf("paused at %s on %s; scans did %v (%d busy-branch answers); coordinator: %v; committed: %v",
-		target, at, actions, st.benignErrs, cerr, n[0] == 1)
+	t.Logf("paused at %s on %s; scans did %v (%d busy-branch answers); coordinator: %v; rows: %v",
+		target, at, actions, st.benignErrs, cerr, n)
+	return problems
+}
+
+// TestRaceSeededBugsAreCaught plants the protocol bugs of package seeded
+// in the recovery scanner and shows that the paused-coordinator race
+// then breaks an invariant: the race tests above have the power to fail.
+func TestRaceSeededBugsAreCaught(t *testing.T) {
+	pg := harness.Shared(t, harness.Postgres)
+	my := harness.Shared(t, harness.MariaDB)
+	for _, bug := range []struct {
+		name string
+		flag *atomic.Bool
+	}{
+		{"abort-without-fence", &seeded.AbortWithoutFence},
+		{"early-abort-cleanup", &seeded.EarlyAbortCleanup},
+	} {
+		t.Run(bug.name, func(t *testing.T) {
+			ps := []part{newPart(t, pg, "seed_pg", crashTable), newPart(t, my, "seed_my", crashTable)}
+			bug.flag.Store(true)
+			defer bug.flag.Store(false)
+			problems := racePaused(t, ps, openAll(t, ps), txmanager.ThreePC, txmanager.BeforeDecide)
+			if len(problems) == 0 {
+				t.Errorf("seeded bug %s went unnoticed", bug.name)
+			}
+			for _, p := range problems {
+				t.Logf("caught, as expected: %s", p)
+			}
+			// Leave nothing behind for later tests.
+			rs := openAll(t, ps)
+			recoverFresh(t, rs, 20*time.Second)
+		})
+	}
 }
 
 // TestRaceTwoScanners runs two scanners, each with its own pools, at the
