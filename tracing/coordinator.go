@@ -77,9 +77,11 @@ type Coordinator struct {
 	txCount    metric.Int64Counter
 	txDuration metric.Float64Histogram
 	phaseDur   metric.Float64Histogram
-	outcomeAdd [numOutcomes]metric.AddOption
-	outcomeRec [numOutcomes]metric.RecordOption
-	phaseRec   [numPhases]metric.RecordOption
+	// Option slices, not single options: a variadic call through an
+	// interface would allocate its slice on every call.
+	outcomeAdd [numOutcomes][]metric.AddOption
+	outcomeRec [numOutcomes][]metric.RecordOption
+	phaseRec   [numPhases][]metric.RecordOption
 }
 
 // durationBuckets suits both sub-millisecond in-memory runs and
@@ -115,11 +117,11 @@ func NewCoordinator(tp trace.TracerProvider, mp metric.MeterProvider, protocol s
 	// Attribute sets are built once so that recording allocates nothing.
 	for o := range numOutcomes {
 		set := attribute.NewSet(KeyOutcome.String(o.String()), c.protocol)
-		c.outcomeAdd[o] = metric.WithAttributeSet(set)
-		c.outcomeRec[o] = metric.WithAttributeSet(set)
+		c.outcomeAdd[o] = []metric.AddOption{metric.WithAttributeSet(set)}
+		c.outcomeRec[o] = []metric.RecordOption{metric.WithAttributeSet(set)}
 	}
 	for p := range numPhases {
-		c.phaseRec[p] = metric.WithAttributeSet(attribute.NewSet(KeyPhase.String(p.String()), c.protocol))
+		c.phaseRec[p] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(KeyPhase.String(p.String()), c.protocol))}
 	}
 	return c
 }
@@ -178,8 +180,8 @@ func (t *Txn) End(outcome Outcome, err error) {
 	t.ended = true
 	c := t.c
 	ctx := context.Background()
-	c.txCount.Add(ctx, 1, c.outcomeAdd[outcome])
-	c.txDuration.Record(ctx, time.Since(t.start).Seconds(), c.outcomeRec[outcome])
+	c.txCount.Add(ctx, 1, c.outcomeAdd[outcome]...)
+	c.txDuration.Record(ctx, time.Since(t.start).Seconds(), c.outcomeRec[outcome]...)
 	if t.span.IsRecording() {
 		t.span.SetAttributes(KeyOutcome.String(outcome.String()))
 		if err != nil {
@@ -215,7 +217,7 @@ func (p PhaseSpan) End(err error) {
 	if p.c == nil {
 		return
 	}
-	p.c.phaseDur.Record(context.Background(), time.Since(p.start).Seconds(), p.c.phaseRec[p.phase])
+	p.c.phaseDur.Record(context.Background(), time.Since(p.start).Seconds(), p.c.phaseRec[p.phase]...)
 	if err != nil && p.span.IsRecording() {
 		p.c.recordError(p.span, err)
 	}

@@ -1,0 +1,203 @@
+package tracing_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"testing"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
+	tt "github.com/threepc/threepc/tracing/tracingtest"
+)
+
+// pgError stands for *pgconn.PgError, which has SQLState().
+type pgError struct{ code string }
+
+func (e *pgError) Error() string    { return "ERROR (SQLSTATE " + e.code + ")" }
+func (e *pgError) SQLState() string { return e.code }
+
+// myError stands for a MySQL driver error wrapped to expose its number.
+type myError struct{ n int }
+
+func (e *myError) Error() string        { return fmt.Sprintf("Error %d", e.n) }
+func (e *myError) DBStatusCode() string { return fmt.Sprint(e.n) }
+
+var errOwn = errors.New("own sentinel")
+
+func TestErrorTypeOf(t *testing.T) {
+	cases := []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{fmt.Errorf("threepc/postgres: commit prepared: %w: %w", resource.ErrUnknownBranch, &pgError{"42704"}), "unknown_branch"},
+		{fmt.Errorf("x: %w", resource.ErrUnreachable), "unreachable"},
+		{fmt.Errorf("x: %w", context.DeadlineExceeded), "context_deadline_exceeded"},
+		{fmt.Errorf("wrapped: %w", fmt.Errorf("again: %w", &pgError{"23505"})), "*tracing_test.pgError"},
+		{errors.Join(&myError{1205}, errors.New("second")), "*tracing_test.myError"},
+		{errors.New("plain"), "*errors.errorString"},
+		{fmt.Errorf("own: %w", errOwn), "own"},
+		// Extra sentinels come before the resource package's.
+		{fmt.Errorf("%w: %w", errOwn, resource.ErrUnreachable), "own"},
+	}
+	for _, c := range cases {
+		if got := tracing.ErrorTypeOf(c.err, tracing.ErrorType{Err: errOwn, Name: "own"}); got != c.want {
+			t.Errorf("ErrorTypeOf(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+func TestStatusCodeOf(t *testing.T) {
+	cases := []struct {
+		err  error
+		want string
+	}{
+		{nil, ""},
+		{errors.New("no code"), ""},
+		{fmt.Errorf("a: %w: %w", resource.ErrUnknownBranch, &pgError{"42704"}), "42704"},
+		{fmt.Errorf("a: %w", &myError{1397}), "1397"},
+		// StatusCoder wins over SQLStater.
+		{errors.Join(&pgError{"XA000"}, &myError{1397}), "1397"},
+	}
+	for _, c := range cases {
+		if got := tracing.StatusCodeOf(c.err); got != c.want {
+			t.Errorf("StatusCodeOf(%v) = %q, want %q", c.err, got, c.want)
+		}
+	}
+}
+
+// fakeRes is a resource with the optional interfaces; only the methods
+// the instrumentation calls are implemented.
+type fakeRes struct {
+	resource.Resource
+	name, system, addr, db string
+}
+
+func (r fakeRes) Name() string          { return r.name }
+func (r fakeRes) System() string        { return r.system }
+func (r fakeRes) ServerAddress() string { return r.addr }
+func (r fakeRes) DatabaseName() string  { return r.db }
+func (r fakeRes) DB() *sql.DB           { return nil }
+
+func TestOpSpanAttributes(t *testing.T) {
+	tp, rec := tt.NewTracer(t)
+	c := tracing.NewCoordinator(tp, metricnoop.NewMeterProvider(), "3pc")
+	ctx := context.Background()
+	resources := []fakeRes{
+		{name: "orders", system: "postgresql", addr: "127.0.0.1:5433", db: "shop"},
+		{name: "billing", system: "mysql", addr: "[::1]:3307"},
+		{name: "plain", system: "mariadb", addr: "db.local"},
+	}
+	for _, r := range resources {
+		_, op := c.Op(ctx, tracing.OpCommitPrepared, r)
+		op.End(nil)
+	}
+	_, op := c.Op(ctx, tracing.OpPrepare, resources[0])
+	op.Vote(resource.VoteReadOnly)
+	op.End(fmt.Errorf("threepc/postgres: prepare: %w: %w", resource.ErrPrepareRefused, &pgError{"40001"}))
+
+	tree := tt.NewTree(rec.Ended())
+	spans := tree.Named("threepc.branch.commit_prepared")
+	want := []map[string]string{
+		{"db.system.name": "postgresql", "db.namespace": "shop", "server.address": "127.0.0.1", "server.port": "5433", "threepc.resource": "orders"},
+		{"db.system.name": "mysql", "db.namespace": "billing", "server.address": "::1", "server.port": "3307"},
+		{"db.system.name": "mariadb", "db.namespace": "plain", "server.address": "db.local", "server.port": ""},
+	}
+	for i, s := range spans {
+		for k, v := range want[i] {
+			if got := tt.AttrString(s, attrKey(k)); got != v {
+				t.Errorf("span %d: %s = %q, want %q\n%s", i, k, got, v, tree)
+			}
+		}
+		if s.Status().Code != codes.Unset {
+			t.Errorf("span %d: status %v", i, s.Status())
+		}
+	}
+	p := tree.One(t, "threepc.branch.prepare")
+	for k, v := range map[string]string{
+		"threepc.vote": "read_only", "error.type": "prepare_refused", "db.response.status_code": "40001",
+		"db.operation.name": "prepare",
+	} {
+		if got := tt.AttrString(p, attrKey(k)); got != v {
+			t.Errorf("prepare: %s = %q, want %q\n%s", k, got, v, tree)
+		}
+	}
+	if p.Status().Code != codes.Error {
+		t.Errorf("failed prepare: status %v", p.Status())
+	}
+}
+
+func TestRetryEvent(t *testing.T) {
+	tp, rec := tt.NewTracer(t)
+	ctx, span := tp.Tracer("test").Start(context.Background(), "op")
+	tracing.Retry(ctx, 1, fmt.Errorf("x: %w", resource.ErrUnreachable))
+	tracing.Retry(ctx, 2, nil)
+	span.End()
+	ev := rec.Ended()[0].Events()
+	if len(ev) != 2 || ev[0].Name != "retry" {
+		t.Fatalf("events %+v", ev)
+	}
+	attrs := map[string]string{}
+	for _, kv := range ev[0].Attributes {
+		attrs[string(kv.Key)] = kv.Value.Emit()
+	}
+	if attrs["threepc.attempt"] != "1" || attrs["error.type"] != "unreachable" {
+		t.Fatalf("retry event attributes %v", attrs)
+	}
+}
+
+// TestNilAndZero: a nil instrumentation and zero span values are no-ops,
+// so callers never need to check.
+func TestNilAndZero(t *testing.T) {
+	var c *tracing.Coordinator
+	ctx := context.Background()
+	tx := c.Start(ctx, "g")
+	if tx.Context(ctx) != ctx || tx.Recording() {
+		t.Fatal("nil coordinator's transaction is not a no-op")
+	}
+	_, ph := tx.Phase(ctx, tracing.PhasePrepare)
+	ph.End(errors.New("x"))
+	_, op := c.Op(ctx, tracing.OpPrepare, fakeRes{name: "a"})
+	op.Vote(resource.VotePrepared)
+	op.End(nil)
+	tx.SetParticipants("a", []string{"a"})
+	tx.End(tracing.OutcomeCommitted, nil)
+	var s *tracing.Scanner
+	_, sp := s.StartScan(ctx, false)
+	sp.End(tracing.ScanResult{})
+	_, rs := s.StartResolve(ctx, "g")
+	rs.End(tracing.Resolution{})
+}
+
+// TestNoopAllocations bounds what a transaction's instrumentation costs
+// when the providers are no-ops: the noop tracer allocates the context it
+// returns for every started span (context.WithValue), and nothing else
+// may allocate.
+func TestNoopAllocations(t *testing.T) {
+	c := tracing.NewCoordinator(tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), "3pc")
+	r := &fakeRes{name: "a", system: "postgresql"} // drivers' resources are pointers
+	ctx := context.Background()
+	allocs := testing.AllocsPerRun(200, func() {
+		tx := c.Start(ctx, "01J0000000000000000000000")
+		tctx := tx.Context(ctx)
+		pctx, ph := tx.Phase(tctx, tracing.PhasePrepare)
+		_, op := c.Op(pctx, tracing.OpPrepare, r)
+		op.Vote(resource.VotePrepared)
+		op.End(nil)
+		ph.End(nil)
+		tx.End(tracing.OutcomeCommitted, nil)
+	})
+	// Spans started: transaction, phase, op.
+	if allocs > 3 {
+		t.Fatalf("%v allocations per transaction with no-op providers, want <= 3", allocs)
+	}
+}
+
+func attrKey(s string) attribute.Key { return attribute.Key(s) }
