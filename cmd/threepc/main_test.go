@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,9 +33,11 @@ func testMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	bin = filepath.Join(dir, "threepc")
-	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goTool); err != nil {
-		goTool = "go"
+	// The go tool that runs this test is the one to build with; it sets
+	// GOROOT for its children.
+	goTool := "go"
+	if root := os.Getenv("GOROOT"); root != "" {
+		goTool = filepath.Join(root, "bin", "go")
 	}
 	args := []string{"build", "-o", bin}
 	if raceEnabled {
