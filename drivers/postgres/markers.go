@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/threepc/threepc/resource"
 )
 
@@ -22,8 +25,7 @@ func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("threepc/postgres: insert marker %s: %w", m.GTID, err)
 	}
-	_, err := r.db.ExecContext(ctx,
-		"INSERT INTO "+resource.MarkerTable+" (gtid, state, primary_name, participants, owner) VALUES ($1, $2, $3, $4, $5)",
+	_, err := r.db.ExecContext(ctx, insertMarkerSQL,
 		m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner)
 	return r.markerError("insert marker "+m.GTID, err)
 }
@@ -94,4 +96,113 @@ func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
 	m.State = resource.MarkerState(state)
 	m.Participants = resource.SplitParticipants(parts)
 	return m, nil
+}
+
+// insertMarkerSQL inserts a marker row; created_at defaults to the
+// database's clock.
+const insertMarkerSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES ($1, $2, $3, $4, $5)"
+
+var _ resource.MarkerCommitter = (*Branch)(nil)
+
+// CommitWithMarker commits the branch one-phase with the marker row m
+// inserted inside its transaction (the "logging last resource"
+// optimization: this commit is the commit point). The INSERT and the
+// COMMIT go to the server in one pipelined round trip; if the INSERT
+// fails, the server skips the COMMIT and the driver rolls the transaction
+// back.
+//
+// A row for m.GTID already there (23505) rolls the branch back and returns
+// an error wrapping resource.ErrMarkerExists. Any other refusal rolls it
+// back and wraps resource.ErrPrepareRefused. A connection lost while the
+// statements are in flight wraps resource.ErrUnreachable: the outcome is
+// unknown, and the marker table (whose primary key serialises this commit
+// against any other insert for the gtid) tells it.
+func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error {
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("threepc/postgres: commit %s with marker: %w", b.xid, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	what := "commit " + b.xid.String() + " with marker"
+	if b.closed.Load() || b.state.Load() != stateActive {
+		return fmt.Errorf("threepc/postgres: %s: %w", what, errBranchNotActive)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("threepc/postgres: %s: %w", what, err)
+	}
+	var (
+		before, after        byte
+		insErr, commitErr    error
+		commitTag            pgconn.CommandTag
+		closed, insertFailed bool
+	)
+	err := b.raw(func(c *pgx.Conn) error {
+		pc := c.PgConn()
+		before = pc.TxStatus()
+		if before != 'T' {
+			return nil // failed or ended: refused below, nothing sent
+		}
+		batch := &pgx.Batch{}
+		batch.Queue(insertMarkerSQL, m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner)
+		batch.Queue("COMMIT")
+		br := c.SendBatch(ctx, batch)
+		_, insErr = br.Exec()
+		insertFailed = insErr != nil
+		if !insertFailed {
+			commitTag, commitErr = br.Exec()
+		}
+		cerr := br.Close()
+		if insErr == nil && commitErr == nil && cerr != nil {
+			commitErr = cerr
+		}
+		after, closed = pc.TxStatus(), pc.IsClosed()
+		return nil
+	})
+	switch {
+	case errors.Is(err, errConnGone):
+		b.state.Store(stateFinished)
+		return fmt.Errorf("threepc/postgres: %s: %w: the connection was lost before the commit was sent, the server rolled the transaction back: %w: %w", what, resource.ErrPrepareRefused, resource.ErrUnreachable, err)
+	case err != nil:
+		return mapError(opOther, what, err)
+	}
+	switch before {
+	case 'E':
+		rbErr := b.rollbackLocal(ctx)
+		return errors.Join(
+			fmt.Errorf("threepc/postgres: %s: %w: the transaction had failed (a statement returned an error); it was rolled back", what, resource.ErrPrepareRefused),
+			rbErr)
+	case 'I':
+		b.state.Store(stateFinished)
+		return fmt.Errorf("threepc/postgres: %s: %w: the transaction was already ended by a statement on the branch", what, resource.ErrPrepareRefused)
+	}
+	failure := insErr
+	if !insertFailed {
+		failure = commitErr
+	}
+	switch {
+	case failure == nil && commitTag.String() == "COMMIT":
+		b.state.Store(stateFinished)
+		return nil
+	case failure == nil:
+		b.state.Store(stateFinished)
+		return fmt.Errorf("threepc/postgres: %s: %w: COMMIT answered %q: the transaction was rolled back", what, resource.ErrPrepareRefused, commitTag.String())
+	case closed || !refusal(failure):
+		// Sent, and the session broke (or the context ended) before the
+		// answer: the commit may have happened.
+		b.state.Store(stateCommitUnknown)
+		return mapError(opMarker, what+" (outcome unknown)", failure)
+	}
+	// The server refused the INSERT (and skipped the COMMIT) or the
+	// COMMIT itself: nothing was committed.
+	if after != 'I' {
+		// Should ROLLBACK fail, Close discards the session, which rolls
+		// the transaction back on the server.
+		_ = b.rollbackLocal(ctx)
+	}
+	b.state.Store(stateFinished)
+	mapped := mapError(opMarker, what+" (rolled back)", failure)
+	if errors.Is(mapped, resource.ErrMarkerExists) {
+		return mapped
+	}
+	return fmt.Errorf("%w: %w", resource.ErrPrepareRefused, mapped)
 }

@@ -42,6 +42,7 @@ func Run(t *testing.T, target Target) {
 		{"Context", testContexts},
 		{"AbandonBlockedBranch", testAbandon},
 		{"Check", testCheck},
+		{"CommitWithMarker", testCommitWithMarker},
 		// Last: it kills the server, and a failure half-way could leave it
 		// down for the subtests after it.
 		{"SurvivesServerCrash", testSurvivesCrash},
