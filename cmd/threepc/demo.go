@@ -296,7 +296,7 @@ func actionSummary(rep *recovery.Report) string {
 		{recovery.ActionCommit, "committed (a precommit row proved the decision)"},
 		{recovery.ActionFence, "fenced and rolled back (no decision was recorded)"},
 		{recovery.ActionRollback, "rolled back (abort row)"},
-		{recovery.ActionCollect, "marker rows collected"},
+		{recovery.ActionCollect, "already finished (leftover marker rows deleted)"},
 	} {
 		if n := counts[a.a]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n, a.what))

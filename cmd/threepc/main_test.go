@@ -187,8 +187,8 @@ func TestCrashRecoverInspect(t *testing.T) {
 	d := newDBs(t)
 	d.setUp(t, 200)
 	for _, tc := range []struct{ at, action string }{
-		{"after-decide", "commit"},   // decided: recovery commits
-		{"before-decide", "fence"},   // prepared, undecided: fence, roll back
+		{"after-decide", "commit"},    // decided: recovery commits
+		{"before-decide", "fence"},    // prepared, undecided: fence, roll back
 		{"after-precommit", "commit"}, // 3PC rows at both
 	} {
 		t.Run(tc.at, func(t *testing.T) {
