@@ -147,7 +147,7 @@ func runWorkload(t *testing.T, managers []*txmanager.Manager, pgName, myName str
 				}
 				w.mu.Unlock()
 				if err != nil {
-					time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond) // no retry storm against a down server
+					time.Sleep(time.Duration(20+rng.IntN(40)) * time.Millisecond) // no retry storm against a down server
 				}
 			}
 		})

@@ -48,6 +48,7 @@ func TestHonestBlocking(t *testing.T) {
 			ctx := testCtx(t, 2*time.Minute)
 			key := "blocking-" + c.name
 			gtid := runChild(t, crashRun{parts: ps, protocol: c.protocol, fp: c.fp, k: 1, key: key})
+			waitSessionsGone(t, ps)
 			if err := pgSrv.Stop(ctx); err != nil {
 				t.Fatalf("stop the primary: %v", err)
 			}

@@ -30,7 +30,11 @@ const (
 	envK         = "THREEPC_IT_K"         // ... at its k-th occurrence (1-based)
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
+	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
 )
+
+// errInjected is the failure injected into the vote of THREEPC_IT_REFUSE.
+var errInjected = errors.New("injected vote failure")
 
 // crashTable is created in every participant of the crash tests.
 const crashTable = "CREATE TABLE crash_rows (k VARCHAR(80) PRIMARY KEY)"
@@ -66,7 +70,11 @@ func TestHelperCoordinator(t *testing.T) {
 		rs = append(rs, r)
 	}
 	var seen atomic.Int32
+	refuse := os.Getenv(envRefuse)
 	hook := func(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
+		if fp == txmanager.AfterPrepare && res == refuse {
+			return errInjected
+		}
 		if fp == target && int(seen.Add(1)) == k {
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // SIGKILL cannot be caught; wait for it to land
@@ -108,6 +116,7 @@ type crashRun struct {
 	k        int
 	key      string
 	timeout  time.Duration // default 3s
+	refuse   string        // resource whose (successful) vote is reported as a failure
 }
 
 // child starts the coordinator child process for run; wait for its crash
@@ -135,6 +144,7 @@ func startChild(t testing.TB, run crashRun) *childProc {
 		envK+"="+strconv.Itoa(run.k),
 		envKey+"="+run.key,
 		envTimeout+"="+run.timeout.String(),
+		envRefuse+"="+run.refuse,
 	)
 	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
 	if err := c.cmd.Start(); err != nil {

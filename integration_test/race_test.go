@@ -214,6 +214,7 @@ func TestRaceTwoScanners(t *testing.T) {
 	for _, c := range children {
 		c.crashed(t)
 	}
+	waitSessionsGone(t, ps)
 	ctx := testCtx(t, time.Minute)
 	rs := openAll(t, ps)
 	before := countPrepared(prepared(t, ctx, rs), "")
@@ -263,4 +264,40 @@ func TestRaceTwoScanners(t *testing.T) {
 	}
 	t.Logf("%d prepared branches before the scanners ran", before)
 	collectAborts(t, rs)
+}
+
+// TestRaceScannerUnderLoad runs the bank workload while a scanner with
+// horizon 0 scans in a tight loop: every prepared branch it sees is fenced
+// at once, from any phase of any transaction. Each coordinator's answer
+// must still match the data, and no transfer may be half done.
+func TestRaceScannerUnderLoad(t *testing.T) {
+	pg := harness.Shared(t, harness.Postgres)
+	my := harness.Shared(t, harness.MariaDB)
+	ps := []part{newPart(t, pg, "load_pg", accountsDDL, ledgerDDL), newPart(t, my, "load_my", accountsDDL, ledgerDDL)}
+	rs := openAll(t, ps)
+	seedBank(t, rs)
+	sc, err := recovery.New(openAll(t, ps), recovery.WithHorizon(0), recovery.WithLogger(quiet), recovery.WithInstanceID("eager"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	st := &scanStats{}
+	wg.Go(func() { _ = sc.Run(ctx, 5*time.Millisecond, st.add) })
+	stop := make(chan struct{})
+	w := runWorkload(t, bankManagers(t, openAll(t, ps)), "load_pg", "load_my", 6, stop)
+	time.Sleep(3 * time.Second)
+	close(stop)
+	w.wait(t)
+	cancel()
+	wg.Wait()
+	t.Logf("eager scanner: %d scans, %d actions, %d busy-branch answers", st.scans, st.actions, st.benignErrs)
+	if len(st.badErrs) > 0 {
+		t.Errorf("scanner errors under load: %d, e.g. %q", len(st.badErrs), st.badErrs[:min(5, len(st.badErrs))])
+	}
+	if st.actions == 0 {
+		t.Errorf("the eager scanner never acted: the race did not happen")
+	}
+	recoverFresh(t, rs, 30*time.Second)
+	checkBank(t, w, rs)
 }
