@@ -56,6 +56,7 @@ type Branch struct {
 	lit      string // the XA id as SQL
 	conn     *sql.Conn
 	threadID int64 // CONNECTION_ID() of the pinned session
+	connKey  any   // the pinned driver connection, the key of Resource.sessions
 	// detachOnPrepare: MySQL 8.0.29+ with xa_detach_on_prepare=ON, where
 	// the session is free again once XA PREPARE returns.
 	detachOnPrepare bool
@@ -112,29 +113,38 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 		return nil, r.unreachable(what, err)
 	}
 	b := &Branch{r: r, xid: xid, lit: xidLiteral(xid), conn: conn, live: true}
+	_ = conn.Raw(func(dc any) error { b.connKey = dc; return nil })
 
-	detach := "0"
-	if v.detachCapable() {
-		detach = "@@session.xa_detach_on_prepare"
+	if info, ok := r.sessions.get(b.connKey); ok && r.cfg.DisableReadOnlyVote {
+		// Nothing to read before XA START: the session's id and detach
+		// mode are known from an earlier branch on this connection.
+		b.threadID, b.detachOnPrepare = info.threadID, info.detachOnPrepare
+	} else {
+		detach := "0"
+		if v.detachCapable() {
+			detach = "@@session.xa_detach_on_prepare"
+		}
+		counters := "0, 0"
+		if !r.cfg.DisableReadOnlyVote {
+			counters = r.countersExpr(v)
+		}
+		var detachOn, count int64
+		err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach+", "+counters).Scan(&b.threadID, &detachOn, &b.before, &count)
+		if err != nil && mysqlErrno(err) != 0 && counters != "0, 0" {
+			// The status table may be missing (performance_schema off):
+			// without counters every branch votes prepared.
+			err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach).Scan(&b.threadID, &detachOn)
+			count = 0
+		}
+		if err != nil {
+			discard(conn)
+			r.sessions.forget(b.connKey)
+			return nil, r.unreachable(what, err)
+		}
+		b.detachOnPrepare = detachOn != 0
+		b.countersOK = count == 3
+		r.sessions.put(b.connKey, sessionInfo{threadID: b.threadID, detachOnPrepare: b.detachOnPrepare})
 	}
-	counters := "0, 0"
-	if !r.cfg.DisableReadOnlyVote {
-		counters = r.countersExpr(v)
-	}
-	var detachOn, count int64
-	err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach+", "+counters).Scan(&b.threadID, &detachOn, &b.before, &count)
-	if err != nil && mysqlErrno(err) != 0 && counters != "0, 0" {
-		// The status table may be missing (performance_schema off):
-		// without counters every branch votes prepared.
-		err = conn.QueryRowContext(ctx, "SELECT CONNECTION_ID(), "+detach).Scan(&b.threadID, &detachOn)
-		count = 0
-	}
-	if err != nil {
-		discard(conn)
-		return nil, r.unreachable(what, err)
-	}
-	b.detachOnPrepare = detachOn != 0
-	b.countersOK = count == 3
 
 	if _, err := conn.ExecContext(ctx, "XA START "+b.lit); err != nil {
 		if mysqlErrno(err) == erXAERDupID {
@@ -143,6 +153,7 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 			return nil, wrap(what, resource.ErrBranchExists, err)
 		}
 		discard(conn)
+		r.sessions.forget(b.connKey)
 		return nil, r.unreachable(what, err)
 	}
 	return b, nil
@@ -251,6 +262,7 @@ func (b *Branch) drop() {
 	if b.live {
 		b.live = false
 		discard(b.conn)
+		b.r.sessions.forget(b.connKey)
 		if b.state == stPrepared || b.state == stPrepareLost {
 			b.orphan = true
 		}

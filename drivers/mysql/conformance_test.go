@@ -16,6 +16,11 @@ import (
 func TestConformance(t *testing.T) {
 	t.Run("Default", func(t *testing.T) { runConformance(t, Config{}) })
 	t.Run("KeepAttached", func(t *testing.T) { runConformance(t, Config{KeepAttached: true}) })
+	// The fastest setting: branches begin with XA START alone on a
+	// reused connection (the session id is cached).
+	t.Run("KeepAttachedNoReadOnlyVote", func(t *testing.T) {
+		runConformance(t, Config{KeepAttached: true, DisableReadOnlyVote: true})
+	})
 }
 
 func runConformance(t *testing.T, cfg Config) {

@@ -41,6 +41,37 @@ type Config struct {
 	KeepAttached bool
 }
 
+// URL and DSN parameters that Open takes as Config fields rather than
+// passing them to the server as session variables.
+const (
+	// ParamKeepAttached ("true"/"false") sets Config.KeepAttached.
+	ParamKeepAttached = "threepc_keep_attached"
+	// ParamReadOnlyVote ("true"/"false") clears Config.DisableReadOnlyVote
+	// when true and sets it when false.
+	ParamReadOnlyVote = "threepc_read_only_vote"
+)
+
+// takeParams moves the driver's own parameters from dc into cfg, so that
+// a URL alone (as the threepc command takes it) can choose them.
+func takeParams(dc *mysqldriver.Config, cfg *Config) error {
+	for name, set := range map[string]func(bool){
+		ParamKeepAttached: func(v bool) { cfg.KeepAttached = v },
+		ParamReadOnlyVote: func(v bool) { cfg.DisableReadOnlyVote = !v },
+	} {
+		s, ok := dc.Params[name]
+		if !ok {
+			continue
+		}
+		delete(dc.Params, name)
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("threepc/mysql: parameter %s=%q: want true or false", name, s)
+		}
+		set(v)
+	}
+	return nil
+}
+
 // Resource is a MySQL or MariaDB schema taking part in threepc
 // transactions. It implements resource.Resource and is safe for concurrent
 // use.
@@ -52,6 +83,8 @@ type Resource struct {
 
 	mu      sync.Mutex
 	version *serverVersion // nil until detected
+
+	sessions sessionCache
 }
 
 var _ resource.Resource = (*Resource)(nil)
@@ -103,6 +136,9 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 	// queries come back as time.Time in UTC, a sane default.
 	dc.ParseTime = true
 	dc.Loc = time.UTC
+	if err := takeParams(dc, &cfg); err != nil {
+		return nil, err
+	}
 	connector, err := mysqldriver.NewConnector(dc)
 	if err != nil {
 		return nil, fmt.Errorf("threepc/mysql: %w", err)

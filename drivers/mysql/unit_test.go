@@ -177,3 +177,27 @@ func TestErrorClasses(t *testing.T) {
 		t.Error("1397 is not rollback-only")
 	}
 }
+
+func TestTakeParams(t *testing.T) {
+	dc, err := ParseURL("mysql://u@127.0.0.1/db?threepc_keep_attached=true&threepc_read_only_vote=false&wait_timeout=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg Config
+	if err := takeParams(dc, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.KeepAttached || !cfg.DisableReadOnlyVote {
+		t.Errorf("cfg = %+v, want KeepAttached and DisableReadOnlyVote", cfg)
+	}
+	if _, ok := dc.Params[ParamKeepAttached]; ok {
+		t.Errorf("%s still passed to the server as a session variable", ParamKeepAttached)
+	}
+	if dc.Params["wait_timeout"] != "10" {
+		t.Errorf("other parameters lost: %v", dc.Params)
+	}
+	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_keep_attached=maybe")
+	if err := takeParams(dc, &cfg); err == nil {
+		t.Error("threepc_keep_attached=maybe: no error")
+	}
+}
