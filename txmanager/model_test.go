@@ -59,6 +59,7 @@ type scenario struct {
 	protocol txmanager.Protocol
 	crashAt  txmanager.Failpoint // "" = draw; "none" = no crash
 	crashK   int                 // crash at the crashK-th occurrence (1-based)
+	llr      *bool               // logging last resource; nil = draw
 	faults   bool                // inject faults into the coordinator's operations
 	pauses   bool                // run recovery (and jump the clock) at failpoints
 }
@@ -78,6 +79,10 @@ func (sc scenario) run(c chooser) result {
 	protocol := sc.protocol
 	if protocol == "" {
 		protocol = []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC}[c.Int("protocol", 0, 1)]
+	}
+	llr := c.Int("last-resource", 0, 1) == 1
+	if sc.llr != nil {
+		llr = *sc.llr
 	}
 	names := make([]string, n)
 	writes := make([]bool, n)
@@ -178,6 +183,7 @@ func (sc scenario) run(c chooser) result {
 
 	m, err := txmanager.New(coord.Resources(),
 		txmanager.WithProtocol(protocol),
+		txmanager.WithLastResource(llr),
 		txmanager.WithClock(clock),
 		txmanager.WithTimeout(modelTimeout),
 		txmanager.WithDecideTimeout(modelDecide),
@@ -281,20 +287,23 @@ func TestModelRapid(t *testing.T) {
 
 // TestModelEveryCrashPoint crashes the coordinator at every occurrence of
 // every failpoint, for 2 to 5 participants and both protocols, then runs
-// recovery: exhaustive over crash points, with no other fault.
+// recovery: exhaustive over crash points, with and without the
+// logging-last-resource optimization, with no other fault.
 func TestModelEveryCrashPoint(t *testing.T) {
 	cases := 0
 	for n := 2; n <= 5; n++ {
 		for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-			for _, fp := range txmanager.Failpoints {
-				for k := 1; k <= n; k++ {
-					sc := scenario{n: n, protocol: p, crashAt: fp, crashK: k}
-					// Every branch writes: the chooser answers 1 to every draw.
-					r := sc.run(constChooser(1))
-					if r.violation != "" {
-						t.Fatalf("n=%d %s crash at %s#%d: %s\ntrace:\n%s", n, p, fp, k, r.violation, r.trace)
+			for _, llr := range []bool{false, true} {
+				for _, fp := range txmanager.Failpoints {
+					for k := 1; k <= n; k++ {
+						sc := scenario{n: n, protocol: p, crashAt: fp, crashK: k, llr: &llr}
+						// Every branch writes: the chooser answers 1 to every draw.
+						r := sc.run(constChooser(1))
+						if r.violation != "" {
+							t.Fatalf("n=%d %s llr=%v crash at %s#%d: %s\ntrace:\n%s", n, p, llr, fp, k, r.violation, r.trace)
+						}
+						cases++
 					}
-					cases++
 				}
 			}
 		}
