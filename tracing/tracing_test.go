@@ -146,7 +146,7 @@ func TestRetryEvent(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range ev[0].Attributes {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	if attrs["threepc.attempt"] != "1" || attrs["error.type"] != "unreachable" {
 		t.Fatalf("retry event attributes %v", attrs)

@@ -112,7 +112,7 @@ func (t *Tree) String() string {
 			fmt.Fprintf(&b, " ERROR %q", s.Status().Description)
 		}
 		for _, kv := range s.Attributes() {
-			fmt.Fprintf(&b, " %s=%s", kv.Key, kv.Value.Emit())
+			fmt.Fprintf(&b, " %s=%s", kv.Key, kv.Value.String())
 		}
 		b.WriteByte('\n')
 		for _, c := range t.Children(s) {
@@ -141,7 +141,7 @@ func Attr(s sdktrace.ReadOnlySpan, key attribute.Key) (attribute.Value, bool) {
 // unset).
 func AttrString(s sdktrace.ReadOnlySpan, key attribute.Key) string {
 	v, _ := Attr(s, key)
-	return v.Emit()
+	return v.String()
 }
 
 // Collect reads every metric from r.
