@@ -23,9 +23,9 @@
 // "threepc.branch.<operation>", with <operation> one of the Operation
 // values: begin, prepare, commit, commit_prepared, commit_one_phase,
 // rollback, rollback_prepared, insert_marker, read_marker, list_markers,
-// delete_markers, recover. Commit retries are "retry" events on the
-// branch's commit span; decision retries are "retry" events on
-// threepc.decide.
+// delete_markers, recover, commit_with_marker. Commit retries are "retry"
+// events on the branch's commit span; decision retries are "retry"
+// events on threepc.decide.
 //
 // A recovery scan is "threepc.recovery.scan"; each global transaction it
 // handled is a child "threepc.recovery.resolve", and the database calls
@@ -170,12 +170,14 @@ const (
 	OpListMarkers                       // Resource.ListMarkers
 	OpDeleteMarkers                     // Resource.DeleteMarkers
 	OpRecover                           // Resource.Recover
+	OpCommitWithMarker                  // resource.MarkerCommitter (logging last resource)
 	numOps
 )
 
 var opNames = [numOps]string{
 	"begin", "prepare", "commit", "commit_prepared", "commit_one_phase", "rollback",
 	"rollback_prepared", "insert_marker", "read_marker", "list_markers", "delete_markers", "recover",
+	"commit_with_marker",
 }
 
 var opSpanNames = func() (s [numOps]string) {
