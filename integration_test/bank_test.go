@@ -86,13 +86,14 @@ func classify(err error) outcome {
 type workload struct {
 	mu         sync.Mutex
 	outcomes   map[string]outcome
+	gtids      map[string]string // transfer id -> gtid
 	counts     [outUnclassified + 1]int
 	unexpected []string
 	done       chan struct{} // closed when every worker has returned
 }
 
 func runWorkload(t *testing.T, managers []*txmanager.Manager, pgName, myName string, workers int, stop <-chan struct{}) *workload {
-	w := &workload{outcomes: map[string]outcome{}, done: make(chan struct{})}
+	w := &workload{outcomes: map[string]outcome{}, gtids: map[string]string{}, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	for id := range workers {
@@ -115,6 +116,9 @@ func runWorkload(t *testing.T, managers []*txmanager.Manager, pgName, myName str
 				amount := 1 + rng.IntN(50)
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 				err := m.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
+					w.mu.Lock()
+					w.gtids[tid] = tx.GTID()
+					w.mu.Unlock()
 					p := func(res string, i int) string {
 						if res == pgName {
 							return fmt.Sprintf("$%d", i)
@@ -180,7 +184,7 @@ func (w *workload) summary() string {
 // both ledgers or in neither (no mixed outcome), a transfer reported
 // committed is in, one reported aborted is out, the total balance is
 // conserved, and nothing is prepared or marked but abort rows.
-func checkBank(t *testing.T, w *workload, rs []resource.Resource) {
+func checkBank(t *testing.T, w *workload, rs []resource.Resource) (mixedGTIDs []string) {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
 	ledgers := make([]map[string]bool, len(rs))
@@ -208,17 +212,16 @@ func checkBank(t *testing.T, w *workload, rs []resource.Resource) {
 		}
 		total += sum
 	}
-	mixed := 0
 	for id := range ledgers[0] {
 		if !ledgers[1][id] {
-			mixed++
-			t.Errorf("MIXED OUTCOME: transfer %s committed at %s only (coordinator said %s)", id, rs[0].Name(), outcomeNames[w.outcomes[id]])
+			mixedGTIDs = append(mixedGTIDs, w.gtids[id])
+			t.Errorf("MIXED OUTCOME: transfer %s (gtid %s) committed at %s only (coordinator said %s)", id, w.gtids[id], rs[0].Name(), outcomeNames[w.outcomes[id]])
 		}
 	}
 	for id := range ledgers[1] {
 		if !ledgers[0][id] {
-			mixed++
-			t.Errorf("MIXED OUTCOME: transfer %s committed at %s only (coordinator said %s)", id, rs[1].Name(), outcomeNames[w.outcomes[id]])
+			mixedGTIDs = append(mixedGTIDs, w.gtids[id])
+			t.Errorf("MIXED OUTCOME: transfer %s (gtid %s) committed at %s only (coordinator said %s)", id, w.gtids[id], rs[1].Name(), outcomeNames[w.outcomes[id]])
 		}
 	}
 	for id, o := range w.outcomes {
@@ -245,4 +248,5 @@ func checkBank(t *testing.T, w *workload, rs []resource.Resource) {
 	}
 	checkClean(t, ctx, rs)
 	t.Logf("transfers: %s; %d in the ledgers; total balance %d", w.summary(), len(ledgers[0]), total)
+	return mixedGTIDs
 }

@@ -181,11 +181,24 @@ func benign(err error) bool {
 type scanStats struct {
 	scans, actions, benignErrs int
 	badErrs                    []string
+	history                    map[string][]string // per gtid, what each scan saw and did
 }
 
 func (s *scanStats) add(rep *recovery.Report) {
 	s.scans++
+	if s.history == nil {
+		s.history = map[string][]string{}
+	}
 	for _, tx := range rep.Transactions {
+		var seen []string
+		for _, b := range tx.Branches {
+			seen = append(seen, fmt.Sprintf("branch %s done=%v err=%v", b.Resource, b.Done, b.Err))
+		}
+		for n, m := range tx.Markers {
+			seen = append(seen, fmt.Sprintf("marker %s at %s", m.State, n))
+		}
+		s.history[tx.GTID] = append(s.history[tx.GTID], fmt.Sprintf("scan %d at %s: action=%s reason=%q err=%v [%s]",
+			s.scans, rep.Started.Format("15:04:05.000000"), tx.Action, tx.Reason, tx.Err, strings.Join(seen, "; ")))
 		if tx.Action != recovery.ActionWait && tx.Action != "" {
 			s.actions++
 		}

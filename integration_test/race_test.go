@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -299,5 +300,7 @@ func TestRaceScannerUnderLoad(t *testing.T) {
 		t.Errorf("the eager scanner never acted: the race did not happen")
 	}
 	recoverFresh(t, rs, 30*time.Second)
-	checkBank(t, w, rs)
+	for _, g := range checkBank(t, w, rs) {
+		t.Logf("what the eager scanner saw and did for %s:\n  %s", g, strings.Join(st.history[g], "\n  "))
+	}
 }
