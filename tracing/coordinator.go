@@ -93,7 +93,8 @@ var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 // errorTypes name the coordinator's own sentinels for error.type; they are
 // tried before the resource package's.
 func NewCoordinator(tp trace.TracerProvider, mp metric.MeterProvider, protocol string, errorTypes ...ErrorType) *Coordinator {
-	c := &Coordinator{base: newBase(tp, errorTypes), protocol: KeyProtocol.String(protocol)}
+	c := &Coordinator{protocol: KeyProtocol.String(protocol)}
+	c.init(tp, errorTypes)
 	meter := meterOf(mp)
 	var err error
 	if c.txCount, err = meter.Int64Counter("threepc.transactions",
@@ -141,8 +142,8 @@ func (c *Coordinator) Start(ctx context.Context, gtid string) Txn {
 	if c == nil {
 		return Txn{}
 	}
-	_, span := c.tracer.Start(ctx, TransactionSpanName, internalSpan...)
-	if span.IsRecording() {
+	_, span := c.start(ctx, TransactionSpanName, internalSpan)
+	if span != nil && span.IsRecording() {
 		span.SetAttributes(KeyGTID.String(gtid), c.protocol)
 	}
 	return Txn{c: c, span: span, start: time.Now()}
@@ -151,8 +152,8 @@ func (c *Coordinator) Start(ctx context.Context, gtid string) Txn {
 // Context returns ctx with the transaction's span as the current span, so
 // that spans started from it are the transaction's children.
 func (t *Txn) Context(ctx context.Context) context.Context {
-	if t.span == nil {
-		return ctx
+	if t.span == nil || !t.span.SpanContext().IsValid() {
+		return ctx // nothing to parent to
 	}
 	if sc := trace.SpanContextFromContext(ctx); sc.SpanID() == t.span.SpanContext().SpanID() &&
 		sc.TraceID() == t.span.SpanContext().TraceID() {
@@ -182,6 +183,9 @@ func (t *Txn) End(outcome Outcome, err error) {
 	ctx := context.Background()
 	c.txCount.Add(ctx, 1, c.outcomeAdd[outcome]...)
 	c.txDuration.Record(ctx, time.Since(t.start).Seconds(), c.outcomeRec[outcome]...)
+	if t.span == nil {
+		return
+	}
 	if t.span.IsRecording() {
 		t.span.SetAttributes(KeyOutcome.String(outcome.String()))
 		if err != nil {
@@ -207,7 +211,7 @@ func (t *Txn) Phase(ctx context.Context, p Phase) (context.Context, PhaseSpan) {
 		return ctx, PhaseSpan{}
 	}
 	ctx = t.Context(ctx)
-	ctx, span := t.c.tracer.Start(ctx, phaseSpanNames[p], internalSpan...)
+	ctx, span := t.c.start(ctx, phaseSpanNames[p], internalSpan)
 	return ctx, PhaseSpan{c: t.c, span: span, phase: p, start: time.Now()}
 }
 
@@ -218,6 +222,9 @@ func (p PhaseSpan) End(err error) {
 		return
 	}
 	p.c.phaseDur.Record(context.Background(), time.Since(p.start).Seconds(), p.c.phaseRec[p.phase]...)
+	if p.span == nil {
+		return
+	}
 	if err != nil && p.span.IsRecording() {
 		p.c.recordError(p.span, err)
 	}
@@ -231,16 +238,6 @@ func (c *Coordinator) Op(ctx context.Context, op Operation, r resource.Resource)
 		return ctx, OpSpan{}
 	}
 	return c.startOp(ctx, op, r)
-}
-
-// Error records err on the span in ctx without ending it (status Error,
-// error.type): for a failure that is not a database call's.
-func (c *Coordinator) Error(ctx context.Context, err error) {
-	span := trace.SpanFromContext(ctx)
-	if c == nil || err == nil || !span.IsRecording() {
-		return
-	}
-	c.recordError(span, err)
 }
 
 // Recording reports whether the transaction's span records, so that

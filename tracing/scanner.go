@@ -40,7 +40,8 @@ type Scanner struct {
 // NewScanner returns the instrumentation of a recovery scanner. Nil
 // providers mean the otel globals.
 func NewScanner(tp trace.TracerProvider, mp metric.MeterProvider) *Scanner {
-	s := &Scanner{base: newBase(tp, nil)}
+	s := &Scanner{}
+	s.init(tp, nil)
 	meter := meterOf(mp)
 	var err error
 	if s.scans, err = meter.Int64Counter("threepc.recovery.scans",
@@ -81,8 +82,8 @@ func (s *Scanner) StartScan(ctx context.Context, dryRun bool) (context.Context, 
 	if s == nil {
 		return ctx, ScanSpan{}
 	}
-	ctx, span := s.tracer.Start(ctx, ScanSpanName, internalSpan...)
-	if span.IsRecording() {
+	ctx, span := s.start(ctx, ScanSpanName, internalSpan)
+	if span != nil && span.IsRecording() {
 		span.SetAttributes(KeyDryRun.Bool(dryRun))
 	}
 	return ctx, ScanSpan{s: s, span: span}
@@ -128,6 +129,9 @@ func (sp ScanSpan) End(r ScanResult) {
 		s.inDoubt.Record(ctx, int64(pr.Count), attrs)
 		s.oldest.Record(ctx, pr.Oldest.Seconds(), attrs)
 	}
+	if sp.span == nil {
+		return
+	}
 	if sp.span.IsRecording() {
 		sp.span.SetAttributes(
 			KeyResult.String(result),
@@ -159,8 +163,8 @@ func (s *Scanner) StartResolve(ctx context.Context, gtid string) (context.Contex
 	if s == nil {
 		return ctx, ResolveSpan{}
 	}
-	ctx, span := s.tracer.Start(ctx, ResolveSpanName, internalSpan...)
-	if span.IsRecording() {
+	ctx, span := s.start(ctx, ResolveSpanName, internalSpan)
+	if span != nil && span.IsRecording() {
 		span.SetAttributes(KeyGTID.String(gtid))
 	}
 	return ctx, ResolveSpan{s: s, span: span}
@@ -191,6 +195,9 @@ func (rs ResolveSpan) End(r Resolution) {
 	}
 	if !r.DryRun {
 		s.actions.Add(context.Background(), 1, metric.WithAttributes(KeyAction.String(r.Action)))
+	}
+	if rs.span == nil {
+		return
 	}
 	if rs.span.IsRecording() {
 		rs.span.SetAttributes(

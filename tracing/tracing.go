@@ -73,6 +73,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/threepc/threepc/resource"
 )
@@ -274,19 +275,31 @@ func StatusCodeOf(err error) string {
 // base holds what the coordinator's and the scanner's instrumentation
 // share.
 type base struct {
-	tracer     trace.Tracer
+	tracer     trace.Tracer // nil: tracing off
 	errorTypes []ErrorType
 	resAttrs   sync.Map // resource name -> []attribute.KeyValue
 }
 
-func newBase(tp trace.TracerProvider, errorTypes []ErrorType) base {
+func (b *base) init(tp trace.TracerProvider, errorTypes []ErrorType) {
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
-	return base{
-		tracer:     tp.Tracer(ScopeName, trace.WithInstrumentationVersion(Version)),
-		errorTypes: errorTypes,
+	b.errorTypes = errorTypes
+	// With the API's no-op provider no span is ever started: even a no-op
+	// span costs a context allocation (two lookups through a
+	// context.WithoutCancel allocate too), and the commit path starts
+	// about twenty.
+	if _, noop := tp.(tracenoop.TracerProvider); !noop {
+		b.tracer = tp.Tracer(ScopeName, trace.WithInstrumentationVersion(Version))
 	}
+}
+
+// start starts a span, or returns a nil span when tracing is off.
+func (b *base) start(ctx context.Context, name string, opts []trace.SpanStartOption) (context.Context, trace.Span) {
+	if b.tracer == nil {
+		return ctx, nil
+	}
+	return b.tracer.Start(ctx, name, opts...)
 }
 
 func meterOf(mp metric.MeterProvider) metric.Meter {
@@ -345,7 +358,10 @@ type OpSpan struct {
 // span in ctx. The caller passes the returned context to the call, so that
 // a driver's own instrumentation nests under it.
 func (b *base) startOp(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
-	ctx, span := b.tracer.Start(ctx, opSpanNames[op], clientSpan...)
+	ctx, span := b.start(ctx, opSpanNames[op], clientSpan)
+	if span == nil {
+		return ctx, OpSpan{}
+	}
 	if span.IsRecording() {
 		span.SetAttributes(b.resourceAttrs(r)...)
 		span.SetAttributes(keyDBOperation.String(opNames[op]))
