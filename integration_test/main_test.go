@@ -208,7 +208,8 @@ func (s *scanStats) add(rep *recovery.Report) {
 		}
 		for _, err := range errs {
 			switch {
-			case err == nil:
+			case err == nil, errors.Is(err, context.Canceled):
+				// context.Canceled: the test stopped the scanner.
 			case benign(err):
 				s.benignErrs++
 			default:

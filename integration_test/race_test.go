@@ -271,6 +271,9 @@ func TestRaceTwoScanners(t *testing.T) {
 // horizon 0 scans in a tight loop: every prepared branch it sees is fenced
 // at once, from any phase of any transaction. Each coordinator's answer
 // must still match the data, and no transfer may be half done.
+//
+// It fails at random (most runs of ten) while the fence-lost collection
+// bug that TestRaceFenceLostThenCollect scripts is in recovery.
 func TestRaceScannerUnderLoad(t *testing.T) {
 	pg := harness.Shared(t, harness.Postgres)
 	my := harness.Shared(t, harness.MariaDB)
@@ -294,6 +297,14 @@ func TestRaceScannerUnderLoad(t *testing.T) {
 	wg.Wait()
 	t.Logf("eager scanner: %d scans, %d actions, %d busy-branch answers", st.scans, st.actions, st.benignErrs)
 	if len(st.badErrs) > 0 {
+		for _, e := range st.badErrs {
+			if strings.Contains(e, resource.ErrNoMarker.Error()) {
+				t.Log("CAUSE of the no-marker-row errors (recovery/recovery.go, fence): the fence insert conflicts with the " +
+					"coordinator's precommit row, which the coordinator's clean-up deletes before the scanner reads it back; " +
+					"the scan then reports a finished transaction as in doubt, with an error, instead of re-reading")
+				break
+			}
+		}
 		t.Errorf("scanner errors under load: %d, e.g. %q", len(st.badErrs), st.badErrs[:min(5, len(st.badErrs))])
 	}
 	if st.actions == 0 {
