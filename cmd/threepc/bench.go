@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,6 +16,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/threepc/threepc/cmd/threepc/internal/bank"
+	"github.com/threepc/threepc/drivers/mysql"
+	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/txmanager"
 )
 
 // benchCell is one measured (protocol, concurrency) pair.
@@ -31,7 +35,9 @@ type benchCell struct {
 	P50Ms         float64 `json:"p50_ms"`
 	P99Ms         float64 `json:"p99_ms"`
 	AllocsPerTx   float64 `json:"allocs_per_tx"`
-	BytesPerTx    float64 `json:"bytes_per_tx"`
+	// HeapBytes is the live heap after a GC at the end of the cell.
+	HeapBytes  uint64  `json:"heap_bytes"`
+	BytesPerTx float64 `json:"bytes_per_tx"`
 	// Ratios to the local floor and to hand-written 2PC at the same
 	// concurrency (throughput ratio; p50 ratio), when those were measured.
 	TputVsLocal       *float64 `json:"tput_vs_local,omitempty"`
@@ -44,6 +50,93 @@ type benchResult struct {
 	Databases []string    `json:"databases"`
 	Duration  string      `json:"duration"`
 	Cells     []benchCell `json:"cells"`
+	// Live heap after a GC before the first cell and after the last one:
+	// a leak shows as growth over a long run.
+	HeapStartBytes uint64 `json:"heap_start_bytes"`
+	HeapEndBytes   uint64 `json:"heap_end_bytes"`
+}
+
+// benchVariant is a protocol of the bench with optimizations switched
+// on: "3pc+llr+attached" is the library's 3PC with logging last resource
+// and MySQL branches kept attached.
+type benchVariant struct {
+	name        string
+	base        bank.Protocol
+	opts        []txmanager.Option
+	mysqlParams string // added to every mysql:// URL
+}
+
+// benchModifiers are the optimizations a variant can switch on, in the
+// order they are written.
+var benchModifiers = []struct {
+	name, help  string
+	opt         txmanager.Option
+	mysqlParams string
+}{
+	{name: "llr", help: "logging last resource: the primary commits one-phase with its decision row", opt: txmanager.WithLastResource(true)},
+	{name: "attached", help: "MySQL/MariaDB branches stay attached to their session and commit there (no reconnect; recovery waits for the coordinator's connection to die)", mysqlParams: mysql.ParamKeepAttached + "=true"},
+	{name: "noro", help: "no read-only vote on MySQL/MariaDB (saves two status queries per branch)", mysqlParams: mysql.ParamReadOnlyVote + "=false"},
+}
+
+func parseBenchVariant(s string) (benchVariant, error) {
+	parts := strings.Split(s, "+")
+	base, err := bank.ParseProtocol(parts[0])
+	if err != nil {
+		return benchVariant{}, err
+	}
+	v := benchVariant{name: s, base: base}
+	if len(parts) > 1 && base != bank.TwoPC && base != bank.ThreePC {
+		return benchVariant{}, fmt.Errorf("%q: options apply to 2pc and 3pc only", s)
+	}
+	var params []string
+	for _, mod := range parts[1:] {
+		found := false
+		for _, m := range benchModifiers {
+			if m.name != mod {
+				continue
+			}
+			found = true
+			if m.opt != nil {
+				v.opts = append(v.opts, m.opt)
+			}
+			if m.mysqlParams != "" {
+				params = append(params, m.mysqlParams)
+			}
+		}
+		if !found {
+			var known []string
+			for _, m := range benchModifiers {
+				known = append(known, m.name)
+			}
+			return benchVariant{}, fmt.Errorf("%q: unknown option %q (want %s)", s, mod, strings.Join(known, ", "))
+		}
+	}
+	slices.Sort(params)
+	v.mysqlParams = strings.Join(params, "&")
+	return v, nil
+}
+
+// withMySQLParams adds params to every mysql:// (or mariadb://) URL of
+// the NAME=URL specs.
+func withMySQLParams(specs []string, params string) []string {
+	if params == "" {
+		return specs
+	}
+	out := make([]string, len(specs))
+	for i, spec := range specs {
+		out[i] = spec
+		name, url, ok := strings.Cut(spec, "=")
+		scheme, _, _ := strings.Cut(url, "://")
+		if !ok || (!strings.EqualFold(scheme, "mysql") && !strings.EqualFold(scheme, "mariadb")) {
+			continue
+		}
+		sep := "?"
+		if strings.Contains(url, "?") {
+			sep = "&"
+		}
+		out[i] = name + "=" + url + sep + params
+	}
+	return out
 }
 
 func newBenchCmd(g *globals) *cobra.Command {
@@ -66,18 +159,30 @@ for every protocol and concurrency, on the same databases in one run:
   2pc             the library in two-phase commit mode
   3pc             the library in three-phase commit mode
 
-and prints throughput, p50 and p99 latency, allocations per transfer and
-the ratios to local and handwritten2pc.`,
+Optimizations are switched on per protocol with +NAME suffixes, e.g.
+3pc+llr+attached+noro:
+
+  llr       logging last resource: the primary commits one-phase with its
+            decision row inside its own transaction
+  attached  MySQL/MariaDB branches stay attached to their session and
+            commit there: no reconnect per transaction, but recovery must
+            wait for a stalled coordinator's connection to die
+  noro      no read-only vote on MySQL/MariaDB (two status queries less)
+
+and prints throughput, p50 and p99 latency, allocations per transfer
+(runtime.MemStats mallocs over the cell / transfers), the live heap before
+the first and after the last cell, and the ratios to local and
+handwritten2pc.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			var ps []bank.Protocol
+			var ps []benchVariant
 			for _, s := range strings.Split(protocols, ",") {
-				p, err := bank.ParseProtocol(strings.TrimSpace(s))
+				v, err := parseBenchVariant(strings.TrimSpace(s))
 				if err != nil {
 					return usageErrorf("--protocols: %v", err)
 				}
-				ps = append(ps, p)
+				ps = append(ps, v)
 			}
 			var cs []int
 			for _, s := range strings.Split(concurrency, ",") {
@@ -93,24 +198,45 @@ the ratios to local and handwritten2pc.`,
 			if warmup < 0 {
 				warmup = min(duration/5, time.Second)
 			}
-			rs, err := openResources(ctx, g.dbs, openOpts{min: 2})
-			if err != nil {
-				return err
-			}
-			defer closeResources(rs)
-			sizePools(rs, maxInt(cs))
-			ws := map[bank.Protocol]*bank.Workload{}
+			// One set of resources per distinct driver setting: the
+			// variants that change how the MySQL driver runs its
+			// branches get a pool of their own on the same databases.
+			sets := map[string][]resource.Resource{}
+			defer func() {
+				for _, rs := range sets {
+					closeResources(rs)
+				}
+			}()
+			ws := map[string]*bank.Workload{}
+			var rs []resource.Resource
 			for _, p := range ps {
-				w, err := bank.New(ctx, bank.Config{Resources: rs, Protocol: p, Timeout: timeout})
+				set, ok := sets[p.mysqlParams]
+				if !ok {
+					var err error
+					set, err = openResources(ctx, withMySQLParams(g.dbs, p.mysqlParams), openOpts{min: 2})
+					if err != nil {
+						return err
+					}
+					sizePools(set, maxInt(cs))
+					sets[p.mysqlParams] = set
+				}
+				if rs == nil {
+					rs = set
+				}
+				w, err := bank.New(ctx, bank.Config{Resources: set, Protocol: p.base, Timeout: timeout, Options: p.opts})
 				if err != nil {
 					if errors.Is(err, bank.ErrNotSetUp) {
 						return usageErrorf("%v", err)
 					}
 					return failedErrorf("%v", err)
 				}
-				ws[p] = w
+				ws[p.name] = w
 			}
 			res := benchResult{Databases: strings.Split(names(rs), ", "), Duration: duration.String()}
+			runtime.GC()
+			var heap0 runtime.MemStats
+			runtime.ReadMemStats(&heap0)
+			res.HeapStartBytes = heap0.HeapAlloc
 			var bar *progressbar.ProgressBar
 			if stderrIsTTY {
 				bar = progressbar.NewOptions(len(ps)*len(cs), progressbar.OptionSetWriter(os.Stderr),
@@ -119,26 +245,30 @@ the ratios to local and handwritten2pc.`,
 			for _, c := range cs {
 				for _, p := range ps {
 					if bar != nil {
-						bar.Describe(fmt.Sprintf("%s c=%d", p, c))
+						bar.Describe(fmt.Sprintf("%s c=%d", p.name, c))
 					}
 					if warmup > 0 {
-						ws[p].Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
+						ws[p.name].Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
 					}
 					var m0, m1 runtime.MemStats
 					runtime.ReadMemStats(&m0)
-					st := ws[p].Run(ctx, bank.RunOptions{Workers: c, Duration: duration})
+					st := ws[p.name].Run(ctx, bank.RunOptions{Workers: c, Duration: duration})
 					runtime.ReadMemStats(&m1)
 					if ctx.Err() != nil {
 						return failedErrorf("interrupted")
 					}
+					runtime.GC()
+					var mh runtime.MemStats
+					runtime.ReadMemStats(&mh)
 					n := float64(max(st.Total(), 1))
 					res.Cells = append(res.Cells, benchCell{
-						Protocol: string(p), Concurrency: c, Seconds: st.Elapsed.Seconds(),
+						Protocol: p.name, Concurrency: c, Seconds: st.Elapsed.Seconds(),
 						Committed: st.Counts[bank.Committed], Aborted: st.Counts[bank.Aborted],
 						InDoubt: st.Counts[bank.InDoubt], CommitPending: st.Counts[bank.CommitPending], Failed: st.Counts[bank.Failed],
 						TxPerSec: st.Throughput(),
 						P50Ms:    ms(bank.Percentile(st.Latencies, 50)), P99Ms: ms(bank.Percentile(st.Latencies, 99)),
 						AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
+						HeapBytes: mh.HeapAlloc,
 					})
 					if bar != nil {
 						_ = bar.Add(1)
@@ -148,6 +278,10 @@ the ratios to local and handwritten2pc.`,
 			if bar != nil {
 				_ = bar.Finish()
 			}
+			runtime.GC()
+			var heap1 runtime.MemStats
+			runtime.ReadMemStats(&heap1)
+			res.HeapEndBytes = heap1.HeapAlloc
 			addRatios(res.Cells)
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
@@ -158,7 +292,7 @@ the ratios to local and handwritten2pc.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc")
+	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +attached, +noro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell (default: duration/5, at most 1s)")
@@ -207,13 +341,15 @@ func addRatios(cells []benchCell) {
 func printBench(w io.Writer, res benchResult) {
 	fmt.Fprintf(w, "bench: %s per cell on %s\n", res.Duration, strings.Join(res.Databases, ", "))
 	tw := newTable(w)
-	fmt.Fprintln(tw, "PROTOCOL\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED\tIN DOUBT")
+	fmt.Fprintln(tw, "PROTOCOL\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED\tIN DOUBT")
 	for _, c := range res.Cells {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%s\t%s\t%s\t%s\t%d\t%d\n", c.Protocol, c.Concurrency, c.TxPerSec,
-			c.P50Ms, c.P99Ms, c.AllocsPerTx, fmtRatio(c.TputVsLocal), fmtRatio(c.P50VsLocal),
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d\t%d\n", c.Protocol, c.Concurrency, c.TxPerSec,
+			c.P50Ms, c.P99Ms, c.AllocsPerTx, float64(c.HeapBytes)/(1<<20), fmtRatio(c.TputVsLocal), fmtRatio(c.P50VsLocal),
 			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.InDoubt+c.CommitPending)
 	}
 	_ = tw.Flush()
+	fmt.Fprintf(w, "heap after GC: %.1f MiB before the first cell, %.1f MiB after the last\n",
+		float64(res.HeapStartBytes)/(1<<20), float64(res.HeapEndBytes)/(1<<20))
 }
 
 func fmtRatio(r *float64) string {

@@ -258,12 +258,13 @@ func TestBench(t *testing.T) {
 			t.Errorf("cell %s c=%d: %d in doubt, %d pending, %d failed", c.Protocol, c.Concurrency, c.InDoubt, c.CommitPending, c.Failed)
 		}
 	}
-	r = cli(t, d.args("bench", "--protocols", "3pc", "--concurrency", "2", "--duration", "200ms")...)
-	want(t, r, 0, "PROTOCOL", "TX/S", "3pc")
+	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+attached+noro", "--concurrency", "2", "--duration", "200ms")...)
+	want(t, r, 0, "PROTOCOL", "TX/S", "3pc", "3pc+llr+attached+noro", "heap after GC")
 	// Every atomic protocol kept the books; local only loses atomicity on
 	// errors, and none were reported above.
 	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 1000000 = 1000000")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
+	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+fast")...), "unknown option")
 }
 
 func TestDemoExistingServers(t *testing.T) {
