@@ -187,6 +187,8 @@ type TxReport struct {
 	Action       Action
 	Reason       string
 	Err          error
+
+	lateDecision bool // the deciding row was read after the branch listing
 }
 
 // Resolved reports whether the transaction needs nothing more.
@@ -355,7 +357,7 @@ func (s *Scanner) resolve(ctx context.Context, t *TxReport, unreachable map[stri
 	default:
 		s.fence(ctx, t, unreachable, dry)
 	}
-	if t.Action == ActionInDoubt || !t.Resolved() || dry {
+	if t.Action == ActionInDoubt || !t.Resolved() || dry || t.lateDecision {
 		return
 	}
 	s.collect(ctx, t, unreachable, false)
@@ -393,7 +395,17 @@ func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string
 		octx, op := s.tel.Op(ctx, tracing.OpReadMarker, primary)
 		row, err = primary.ReadMarker(octx, t.GTID)
 		op.End(err)
+		if errors.Is(err, resource.ErrNoMarker) {
+			// The row that beat the fence is gone already: the coordinator
+			// finished and cleaned up. The next scan sees the outcome.
+			t.Action, t.Reason, t.lateDecision = ActionWait, "the fence met a marker row that is gone now; next scan re-reads", true
+			return
+		}
 		if err == nil {
+			// The decision was learned after the branch listing, so the
+			// listing proves nothing about branches prepared since: this
+			// scan must not collect the marker rows.
+			t.lateDecision = true
 			t.Markers[t.Primary] = row
 			if row.State == resource.StatePreCommit {
 				t.Action, t.Reason = ActionCommit, "fence lost to the coordinator's precommit row"
