@@ -73,6 +73,14 @@ type options struct {
 	instanceID string
 	tp         trace.TracerProvider // nil: otel.GetTracerProvider()
 	mp         metric.MeterProvider // nil: otel.GetMeterProvider()
+	sequential bool
+}
+
+// WithSequential makes a scan call one database at a time, in resource
+// name order, instead of all resources in parallel: slower, gentler on the
+// databases, and deterministic (the model tests use it).
+func WithSequential() Option {
+	return optionFunc(func(o *options) error { o.sequential = true; return nil })
 }
 
 // WithHorizon sets the in-flight horizon (default DefaultHorizon): a
@@ -263,12 +271,14 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	// order could take a branch committed after the listing for one that
 	// never existed, and collect a marker that a prepared branch needs.
 	fs := make([]found, len(names))
-	parallel(names, func(i int, n string) {
+	s.each(len(names), func(i int) {
+		n := names[i]
 		octx, op := s.tel.Op(ctx, tracing.OpListMarkers, s.res[n])
 		fs[i].markers, fs[i].err = s.res[n].ListMarkers(octx)
 		op.End(fs[i].err)
 	})
-	parallel(names, func(i int, n string) {
+	s.each(len(names), func(i int) {
+		n := names[i]
 		if fs[i].err == nil {
 			octx, op := s.tel.Op(ctx, tracing.OpRecover, s.res[n])
 			fs[i].prepared, fs[i].err = s.res[n].Recover(octx)
@@ -357,7 +367,7 @@ func (s *Scanner) resolve(ctx context.Context, t *TxReport, unreachable map[stri
 	default:
 		s.fence(ctx, t, unreachable, dry)
 	}
-	if t.Action == ActionInDoubt || !t.Resolved() || dry || t.lateDecision {
+	if t.Action == ActionInDoubt || !t.Resolved() || dry || (t.lateDecision && !seeded.CollectAfterLateDecision.Load()) {
 		return
 	}
 	s.collect(ctx, t, unreachable, false)
@@ -432,30 +442,26 @@ func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool
 	if dry {
 		return
 	}
-	var wg sync.WaitGroup
-	for i := range t.Branches {
-		wg.Go(func() {
-			b := &t.Branches[i]
-			r := s.res[b.Resource]
-			var err error
-			if commit {
-				octx, op := s.tel.Op(ctx, tracing.OpCommitPrepared, r)
-				err = r.CommitPrepared(octx, b.XID)
-				op.End(err)
-			} else {
-				octx, op := s.tel.Op(ctx, tracing.OpRollbackPrepared, r)
-				err = r.RollbackPrepared(octx, b.XID)
-				op.End(err)
-			}
-			if errors.Is(err, resource.ErrUnknownBranch) {
-				// Gone, or held by a live session: re-read rather than
-				// assume it is finished.
-				err = stillPrepared(ctx, r, b.XID)
-			}
-			b.Done, b.Err = err == nil, err
-		})
-	}
-	wg.Wait()
+	s.each(len(t.Branches), func(i int) {
+		b := &t.Branches[i]
+		r := s.res[b.Resource]
+		var err error
+		if commit {
+			octx, op := s.tel.Op(ctx, tracing.OpCommitPrepared, r)
+			err = r.CommitPrepared(octx, b.XID)
+			op.End(err)
+		} else {
+			octx, op := s.tel.Op(ctx, tracing.OpRollbackPrepared, r)
+			err = r.RollbackPrepared(octx, b.XID)
+			op.End(err)
+		}
+		if errors.Is(err, resource.ErrUnknownBranch) {
+			// Gone, or held by a live session: re-read rather than
+			// assume it is finished.
+			err = stillPrepared(ctx, r, b.XID)
+		}
+		b.Done, b.Err = err == nil, err
+	})
 }
 
 func stillPrepared(ctx context.Context, r resource.Resource, xid resource.XID) error {
@@ -569,10 +575,17 @@ func (s *Scanner) Run(ctx context.Context, interval time.Duration, onScan func(*
 	}
 }
 
-func parallel(names []string, f func(i int, name string)) {
+// each runs f(0..n-1), in parallel unless the scanner is sequential.
+func (s *Scanner) each(n int, f func(i int)) {
+	if s.opts.sequential {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
 	var wg sync.WaitGroup
-	for i, n := range names {
-		wg.Go(func() { f(i, n) })
+	for i := range n {
+		wg.Go(func() { f(i) })
 	}
 	wg.Wait()
 }

@@ -99,7 +99,9 @@ func (sc scenario) run(c chooser) result {
 		}
 	}
 
-	clock := memres.NewClock(time.Now())
+	// The clock starts a second ahead of the gtid's wall-clock timestamp,
+	// so that an eager scanner (horizon 0) sees the transaction as old.
+	clock := memres.NewClock(time.Now().Add(time.Second))
 	world := memres.NewWorld(clock, names...)
 	coord := world.NewProc("coord")
 
@@ -121,7 +123,31 @@ func (sc scenario) run(c chooser) result {
 	}
 	world.AfterOp = func(op memres.Op) { check(op.String()) }
 	faultsOn := sc.faults
+	// An interleaved scan runs in its own goroutine and hands control back
+	// and forth with the coordinator: exactly one of them runs at a time
+	// (the baton), so every choice is still drawn in a fixed order.
+	var (
+		toCoord    = make(chan struct{})
+		toScan     = make(chan struct{})
+		scanning   bool // an interleaved scan is parked, waiting for its turn
+		coordDone  bool
+		yields     map[int]int // before its i-th operation, the scan yields for this many coordinator steps
+		scanOps    int
+		coordSteps int // coordinator steps left before the baton goes back to the scan
+	)
 	world.Fault = func(op memres.Op) memres.Fault {
+		if strings.HasPrefix(op.Proc, "irec") {
+			// The yields were drawn up front: the chooser is only ever used
+			// from the test's goroutine.
+			steps := yields[scanOps]
+			scanOps++
+			if !coordDone && steps > 0 {
+				coordSteps = steps
+				toCoord <- struct{}{}
+				<-toScan
+			}
+			return memres.NoFault
+		}
 		if !faultsOn || op.Proc != "coord" {
 			return memres.NoFault
 		}
@@ -138,18 +164,36 @@ func (sc scenario) run(c chooser) result {
 
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	scanners := 0
-	scan := func(p *memres.Proc) {
-		sc, err := recovery.New(p.Resources(), recovery.WithClock(clock), recovery.WithHorizon(modelHorizon),
-			recovery.WithRetention(time.Hour), recovery.WithLogger(quiet), recovery.WithInstanceID(p.Name()))
+	scanWith := func(p *memres.Proc, horizon time.Duration) {
+		sc, err := recovery.New(p.Resources(), recovery.WithClock(clock), recovery.WithHorizon(horizon),
+			recovery.WithRetention(time.Hour), recovery.WithLogger(quiet), recovery.WithInstanceID(p.Name()),
+			recovery.WithSequential())
 		if err != nil {
 			panic(err)
 		}
 		_, _ = sc.ScanOnce(context.Background())
 	}
+	scan := func(p *memres.Proc) { scanWith(p, modelHorizon) }
+	// yieldToScan gives the baton to a parked interleaved scan until it
+	// parks again or ends.
+	yieldToScan := func() {
+		for scanning {
+			toScan <- struct{}{}
+			<-toCoord
+			if !coordDone {
+				return
+			}
+		}
+	}
 
 	crashed := false
 	seen := map[txmanager.Failpoint]int{}
 	hook := func(_ context.Context, fp txmanager.Failpoint, _, _ string) error {
+		if scanning {
+			if coordSteps--; coordSteps <= 0 {
+				yieldToScan()
+			}
+		}
 		if crashed {
 			return errCrashed
 		}
@@ -177,6 +221,35 @@ func (sc scenario) run(c chooser) result {
 			scanners += 2
 			scan(world.NewProc(fmt.Sprintf("rec%d", scanners-1)))
 			scan(world.NewProc(fmt.Sprintf("rec%d", scanners)))
+		case 4:
+			// An eager scanner (horizon 0), as a peer with a fast clock or
+			// an impatient configuration would run.
+			scanners++
+			scanWith(world.NewProc(fmt.Sprintf("rec%d", scanners)), 0)
+		case 5, 6:
+			if scanning {
+				break
+			}
+			// An eager scanner (horizon 0) whose steps interleave with the
+			// coordinator's: it may stop before any of its operations and
+			// let the coordinator run to its next step.
+			scanners++
+			p := world.NewProc(fmt.Sprintf("irec%d", scanners))
+			// Two yield points: before which of its operations (listing
+			// every resource's markers and branches takes 2n), and for how
+			// many coordinator steps.
+			yields, scanOps = map[int]int{}, 0
+			for i := 0; i < 2; i++ {
+				at := c.Int(fmt.Sprintf("scan %d yield %d before op", scanners, i), 0, 3*n+3)
+				yields[at] = c.Int(fmt.Sprintf("scan %d yield %d steps", scanners, i), 1, 6)
+			}
+			scanning = true
+			go func() {
+				scanWith(p, 0)
+				scanning = false
+				toCoord <- struct{}{}
+			}()
+			<-toCoord
 		}
 		return nil
 	}
@@ -223,6 +296,8 @@ func (sc scenario) run(c chooser) result {
 	} else {
 		commitErr = tx.Commit(ctx)
 	}
+	coordDone = true
+	yieldToScan() // let a parked scan finish
 
 	// Final recovery: everything reachable, no faults, every deadline and
 	// the abort rows' retention long past.
@@ -325,6 +400,7 @@ func TestModelSeededBugs(t *testing.T) {
 		{"abort without fence", &seeded.AbortWithoutFence},
 		{"abort rows deleted before the coordinator's deadline", &seeded.EarlyAbortCleanup},
 		{"precommit rows before the primary's decision", &seeded.EarlyPreCommit},
+		{"markers collected after a fence lost to a late decision", &seeded.CollectAfterLateDecision},
 	}
 	for _, bug := range bugs {
 		t.Run(bug.name, func(t *testing.T) {

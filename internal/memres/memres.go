@@ -96,8 +96,9 @@ type db struct {
 	branches map[resource.XID]*fbranch
 	markers  map[string]resource.Marker
 	// history, for the checker
-	everPreCommit map[string]bool
-	everAbort     map[string]bool
+	everPreCommit     map[string]bool
+	everAbort         map[string]bool
+	decidedAfterFence map[string]bool // a precommit row went in after an abort row had been there
 }
 
 type fbranch struct {
@@ -112,7 +113,7 @@ func NewWorld(clock *Clock, names ...string) *World {
 	w := &World{dbs: map[string]*db{}, clock: clock}
 	for _, n := range names {
 		w.dbs[n] = &db{name: n, branches: map[resource.XID]*fbranch{}, markers: map[string]resource.Marker{},
-			everPreCommit: map[string]bool{}, everAbort: map[string]bool{}}
+			everPreCommit: map[string]bool{}, everAbort: map[string]bool{}, decidedAfterFence: map[string]bool{}}
 	}
 	return w
 }
@@ -297,6 +298,9 @@ func (r *res) InsertMarker(_ context.Context, m resource.Marker) error {
 		d.markers[m.GTID] = m
 		if m.State == resource.StatePreCommit {
 			d.everPreCommit[m.GTID] = true
+			if d.everAbort[m.GTID] {
+				d.decidedAfterFence[m.GTID] = true
+			}
 		} else {
 			d.everAbort[m.GTID] = true
 		}
@@ -445,7 +449,12 @@ func (h *branchHandle) CommitWithMarker(_ context.Context, m resource.Marker) er
 		m.Participants = slices.Clone(m.Participants)
 		m.CreatedAt = h.r.p.w.clock.Now()
 		d.markers[m.GTID] = m
-		d.everPreCommit[m.GTID] = m.State == resource.StatePreCommit || d.everPreCommit[m.GTID]
+		if m.State == resource.StatePreCommit {
+			d.everPreCommit[m.GTID] = true
+			if d.everAbort[m.GTID] {
+				d.decidedAfterFence[m.GTID] = true
+			}
+		}
 		h.b.state = Committed
 		return nil
 	})

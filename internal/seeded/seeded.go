@@ -16,4 +16,8 @@ var (
 	// EarlyPreCommit: the coordinator writes the non-primary precommit
 	// rows before the decision at the primary.
 	EarlyPreCommit atomic.Bool
+	// CollectAfterLateDecision: recovery collects marker rows in a scan
+	// that learned the decision only from its lost fence, after its branch
+	// listing (a real bug, found by integration_test and fixed).
+	CollectAfterLateDecision atomic.Bool
 )
