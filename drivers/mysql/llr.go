@@ -35,7 +35,7 @@ func insertMarkerSQL(m resource.Marker) string {
 }
 
 // hexLit writes s as a hexadecimal string literal. An empty string is
-// written as '' (X'' is a valid empty binary string too, but '' keeps the
+// written as ” (X” is a valid empty binary string too, but ” keeps the
 // column's character set without a conversion).
 func hexLit(sb *strings.Builder, s string) {
 	if s == "" {
