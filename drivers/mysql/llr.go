@@ -35,8 +35,9 @@ func insertMarkerSQL(m resource.Marker) string {
 }
 
 // hexLit writes s as a hexadecimal string literal. An empty string is
-// written as ” (X” is a valid empty binary string too, but ” keeps the
-// column's character set without a conversion).
+// written as an empty quoted string rather than an empty hex literal (both
+// are valid), which keeps the column's character set without a
+// conversion.
 func hexLit(sb *strings.Builder, s string) {
 	if s == "" {
 		sb.WriteString("''")
