@@ -23,8 +23,13 @@ import (
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/threepc/threepc/drivers/mysql"
+	"github.com/threepc/threepc/drivers/postgres"
+	"github.com/threepc/threepc/harness"
 	"github.com/threepc/threepc/internal/memres"
+	"github.com/threepc/threepc/migrations"
 	"github.com/threepc/threepc/recovery"
+	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/tracing"
 	tt "github.com/threepc/threepc/tracing/tracingtest"
 	"github.com/threepc/threepc/txmanager"
@@ -506,6 +511,72 @@ func BenchmarkCommitTracing(b *testing.B) {
 			}
 			if i%1024 == 0 {
 				w.world.Trace = nil // memres keeps a log of every operation
+			}
+		}
+	}
+	b.Run("off", func(b *testing.B) {
+		run(b, txmanager.WithTracerProvider(tracenoop.NewTracerProvider()),
+			txmanager.WithMeterProvider(metricnoop.NewMeterProvider()))
+	})
+	b.Run("on", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()),
+			sdktrace.WithBatcher(discardExporter{}))
+		defer func() { _ = tp.Shutdown(context.Background()) }()
+		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+		defer func() { _ = mp.Shutdown(context.Background()) }()
+		run(b, txmanager.WithTracerProvider(tp), txmanager.WithMeterProvider(mp))
+	})
+}
+
+// BenchmarkCommitTracingDB is BenchmarkCommitTracing against real
+// PostgreSQL and MariaDB servers (package harness): the overhead that
+// matters, next to real round trips.
+func BenchmarkCommitTracingDB(b *testing.B) {
+	ctx := context.Background()
+	pgSrv := harness.Shared(b, harness.Postgres)
+	mdSrv := harness.Shared(b, harness.MariaDB)
+	pg, err := postgres.Open("pg", pgSrv.DSN(pgSrv.NewDatabase(b)), postgres.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pg.Close()
+	maria, err := mysql.Open("maria", mdSrv.DSN(mdSrv.NewDatabase(b)), mysql.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer maria.Close()
+	for _, r := range []resource.Resource{pg, maria} {
+		d := migrations.DialectMySQL
+		if r.System() == "postgresql" {
+			d = migrations.DialectPostgres
+		}
+		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.DB().ExecContext(ctx, "CREATE TABLE counters (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.DB().ExecContext(ctx, "INSERT INTO counters VALUES (1, 0)"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fn := func(ctx context.Context, tx *txmanager.Tx) error {
+		for _, n := range []string{"pg", "maria"} {
+			if _, err := tx.DB(n).ExecContext(ctx, "UPDATE counters SET n = n + 1 WHERE id = 1"); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	run := func(b *testing.B, opts ...txmanager.Option) {
+		m, err := txmanager.New([]resource.Resource{pg, maria}, append([]txmanager.Option{txmanager.WithLogger(quietLog)}, opts...)...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := m.Run(ctx, fn); err != nil {
+				b.Fatal(err)
 			}
 		}
 	}
