@@ -11,8 +11,13 @@
 // # Spans
 //
 // A transaction is one INTERNAL span, "threepc.transaction", started at
-// Begin as a child of Begin's context and ended by Commit or Rollback.
-// Its children are one INTERNAL span per protocol phase run:
+// Begin as a child of Begin's context (so it sits inside the request trace
+// that started it) and ended by Commit or Rollback; Manager.Run hands its
+// function a context carrying it, so the caller's own spans nest inside.
+// Attributes: threepc.gtid, threepc.protocol, threepc.primary,
+// threepc.participants (enlistment order) and threepc.outcome (committed,
+// aborted, in_doubt, commit_pending); status Error and error.type when
+// Commit fails. Its children are one INTERNAL span per protocol phase run:
 //
 //	threepc.prepare, threepc.decide, threepc.precommit (3PC only),
 //	threepc.commit, threepc.rollback (the abort path and Rollback),
@@ -27,9 +32,17 @@
 // events on the branch's commit span; decision retries are "retry"
 // events on threepc.decide.
 //
-// A recovery scan is "threepc.recovery.scan"; each global transaction it
-// handled is a child "threepc.recovery.resolve", and the database calls
-// are threepc.branch.* CLIENT spans below them.
+// A recovery scan is "threepc.recovery.scan" (threepc.recovery.result,
+// .resources, .transactions, .in_doubt, .oldest_in_doubt, .unreachable,
+// .dry_run); each global transaction it handled is a child
+// "threepc.recovery.resolve" (threepc.gtid, threepc.primary,
+// threepc.participants, threepc.recovery.action, .reason, .age in seconds,
+// .branches, .branches_done; status Error when left in doubt), and the
+// database calls are threepc.branch.* CLIENT spans below them.
+//
+// With the API's no-op tracer provider (trace/noop) no span is started at
+// all, and metric recording allocates nothing: instrumentation is free
+// when it is off.
 //
 // # Attributes
 //
