@@ -181,7 +181,7 @@ func TestNilAndZero(t *testing.T) {
 // contexts: no span is started).
 func TestNoopAllocations(t *testing.T) {
 	c := tracing.NewCoordinator(tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), "3pc")
-	r := &fakeRes{name: "a", system: "postgresql"} // drivers' resources are pointers
+	r := &fakeRes{name: "a", system: "postgresql"}     // drivers' resources are pointers
 	ctx := context.WithoutCancel(context.Background()) // as after the commit point
 	allocs := testing.AllocsPerRun(200, func() {
 		tx := c.Start(ctx, "01J0000000000000000000000")
