@@ -82,6 +82,12 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 	cancel()
 	phase.End(errors.Join(errs...))
 	if i, err := firstError(errs); err != nil {
+		if ctx.Err() != nil {
+			// The caller gave up during the vote: say so, whatever the
+			// branch's own error looks like (a cancelled statement often
+			// surfaces as a broken connection).
+			err = fmt.Errorf("%w (context done during the vote: %w)", err, context.Cause(ctx))
+		}
 		return tx.abort(ctx, branches, voters[i].xid.Branch, resource.PhasePrepare, err)
 	}
 	live := slices.DeleteFunc(slices.Clone(voters), func(b *branch) bool { return b.readOnly })
@@ -283,7 +289,9 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 		return false, err
 	}
 	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-	err := last.CommitWithMarker(ictx, marker)
+	octx, op := m.tel.Op(ictx, tracing.OpCommitWithMarker, m.res[tx.primary])
+	err := last.CommitWithMarker(octx, marker)
+	op.End(err)
 	cancel()
 	switch {
 	case err == nil:

@@ -120,7 +120,10 @@ func (m *Manager) Begin(ctx context.Context) (*Tx, error) {
 // error returned (the panic re-raised). The ctx given to fn carries the
 // transaction timeout.
 //
-// Run's error is fn's own error, or Commit's (see Tx.Commit).
+// Every error Run returns matches one of ErrAborted, ErrInDoubt or
+// ErrCommitPending (see Tx.Commit). An error of fn comes back wrapped in
+// an *AbortError of phase "work", so errors.Is and errors.As still find
+// it.
 func (m *Manager) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
 	tx, err := m.Begin(ctx)
 	if err != nil {
@@ -139,14 +142,15 @@ func (m *Manager) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) 
 	ferr := fn(fnCtx, tx)
 	panicked = false
 	if ferr != nil {
-		rerr := tx.Rollback(context.WithoutCancel(ctx))
-		if errors.Is(ferr, ErrTimeout) && !errors.Is(ferr, ErrAborted) {
-			ferr = &AbortError{GTID: tx.gtid, Phase: resource.PhaseWork, Err: ferr}
+		if rerr := tx.Rollback(context.WithoutCancel(ctx)); rerr != nil && !errors.Is(rerr, ErrTxDone) {
+			// Nothing was prepared yet, so the outcome is still an abort:
+			// a branch whose rollback failed dies with its connection.
+			m.opts.logger.Warn("threepc: rollback after the function's error incomplete", "gtid", tx.gtid, "err", rerr)
 		}
-		if rerr != nil && !errors.Is(rerr, ErrTxDone) {
-			return errors.Join(ferr, rerr)
+		if errors.Is(ferr, ErrAborted) || errors.Is(ferr, ErrInDoubt) || errors.Is(ferr, ErrCommitPending) {
+			return ferr
 		}
-		return ferr
+		return &AbortError{GTID: tx.gtid, Phase: resource.PhaseWork, Err: ferr}
 	}
 	return tx.Commit(ctx)
 }

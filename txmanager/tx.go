@@ -96,7 +96,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	rb, err := r.Begin(bctx, xid)
 	op.End(err)
 	if err != nil {
-		return nil, tx.fail(name, resource.PhaseBegin, err)
+		return nil, tx.fail(name, resource.PhaseBegin, tx.stmtError(err))
 	}
 	tx.primary = primary
 	b := &branch{res: r, b: rb, xid: xid}
