@@ -57,14 +57,13 @@ func Example() {
 	case err == nil:
 		// Committed in both databases.
 	case errors.Is(err, txmanager.ErrAborted):
-		// Rolled back in both: safe to retry.
+		// Rolled back in both: safe to retry. An error of the function
+		// itself comes back this way too, wrapped in an *AbortError.
 	case errors.Is(err, txmanager.ErrCommitPending):
 		// Committed; recovery finishes the remaining branches.
 	case errors.Is(err, txmanager.ErrInDoubt):
 		// Unknown; recovery decides one way for every branch. Do not retry
 		// blindly: check the outcome first.
-	default:
-		// The function's own error: rolled back.
 	}
 }
 
