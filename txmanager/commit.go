@@ -463,17 +463,20 @@ func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
 	if err := m.failpoint(cctx, BeforeCleanup, tx.gtid, tx.primary); err != nil {
 		return
 	}
-	// Non-primary rows first: a row left without the primary's is still
-	// collected, and the primary's row is the one that must go last.
-	slices.Reverse(markedAt)
-	for _, name := range markedAt {
-		octx, op := m.tel.Op(cctx, tracing.OpDeleteMarkers, m.res[name])
-		err := m.res[name].DeleteMarkers(octx, tx.gtid)
+	if m.cleaner != nil && m.cleaner.enqueue(cleanupJob{gtid: tx.gtid, markedAt: markedAt}) {
+		return
+	}
+	// In any order: every branch is committed, so a row left behind
+	// (primary's or not) decides nothing any more, and recovery collects it.
+	m.each(len(markedAt), func(i int) {
+		r := m.res[markedAt[i]]
+		octx, op := m.tel.Op(cctx, tracing.OpDeleteMarkers, r)
+		err := r.DeleteMarkers(octx, tx.gtid)
 		op.End(err)
 		if err != nil {
-			m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", name, "err", err)
+			m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", r.Name(), "err", err)
 		}
-	}
+	})
 	_ = m.failpoint(cctx, AfterCleanup, tx.gtid, tx.primary)
 }
 
@@ -543,18 +546,23 @@ func (tx *Tx) closeAll(branches []*branch) {
 // sequential, and returns the errors by index.
 func (m *Manager) fanout(branches []*branch, f func(b *branch) error) []error {
 	errs := make([]error, len(branches))
-	if m.opts.sequential || len(branches) == 1 {
-		for i, b := range branches {
-			errs[i] = f(b)
+	m.each(len(branches), func(i int) { errs[i] = f(branches[i]) })
+	return errs
+}
+
+// each runs f(0..n-1), in parallel unless the manager is sequential.
+func (m *Manager) each(n int, f func(i int)) {
+	if m.opts.sequential || n == 1 {
+		for i := range n {
+			f(i)
 		}
-		return errs
+		return
 	}
 	var wg sync.WaitGroup
-	for i, b := range branches {
-		wg.Go(func() { errs[i] = f(b) })
+	for i := range n {
+		wg.Go(func() { f(i) })
 	}
 	wg.Wait()
-	return errs
 }
 
 func firstError(errs []error) (int, error) {

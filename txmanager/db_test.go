@@ -153,12 +153,24 @@ func newManager(t *testing.T, rs []resource.Resource, opts ...txmanager.Option) 
 // MariaDB database, in both protocols. Money is conserved, every worker
 // gets a definite answer, and nothing is left prepared or marked.
 func TestBankTransfers(t *testing.T) {
-	for _, proto := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-		t.Run(string(proto), func(t *testing.T) {
+	variants := []struct {
+		name string
+		opts []txmanager.Option
+	}{
+		{"3pc", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC)}},
+		{"2pc", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}},
+		{"3pc+llr+async", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC),
+			txmanager.WithLastResource(true), txmanager.WithAsyncCleanup(true)}},
+		{"2pc+llr+async", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC),
+			txmanager.WithLastResource(true), txmanager.WithAsyncCleanup(true)}},
+	}
+	for _, v := range variants {
+		proto := v.name
+		t.Run(v.name, func(t *testing.T) {
 			const accounts, workers, perWorker = 20, 8, 25
 			pg, maria := pair(t, accounts)
 			rs := []resource.Resource{pg, maria}
-			m := newManager(t, rs, txmanager.WithProtocol(proto), txmanager.WithTimeout(5*time.Second))
+			m := newManager(t, rs, append(v.opts, txmanager.WithTimeout(5*time.Second))...)
 			before := total(t, pg, maria)
 			var committed, aborted atomic.Int64
 			var wg sync.WaitGroup
@@ -189,6 +201,9 @@ func TestBankTransfers(t *testing.T) {
 			close(errs)
 			for err := range errs {
 				t.Errorf("no definite answer: %v", err)
+			}
+			if err := m.Close(context.Background()); err != nil {
+				t.Fatalf("Close: %v", err) // flushes asynchronous clean-up
 			}
 			if got := total(t, pg, maria); got != before {
 				t.Fatalf("money not conserved: %d before, %d after", before, got)

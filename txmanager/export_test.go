@@ -16,3 +16,9 @@ func WithSequential() Option {
 func WithSleep(f func(ctx context.Context, d time.Duration) error) Option {
 	return optionFunc(func(o *options) error { o.sleep = f; return nil })
 }
+
+// WithPausedCleaner keeps asynchronous clean-up from ever running, as if
+// the process died with rows queued: recovery must collect them.
+func WithPausedCleaner() Option {
+	return optionFunc(func(o *options) error { o.pauseCleaner = true; return nil })
+}

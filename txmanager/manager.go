@@ -39,9 +39,10 @@ import (
 // Manager coordinates distributed transactions over a fixed set of
 // resources. It is safe for concurrent use.
 type Manager struct {
-	res  map[string]resource.Resource
-	opts options
-	tel  *tracing.Coordinator
+	res     map[string]resource.Resource
+	opts    options
+	tel     *tracing.Coordinator
+	cleaner *cleaner // nil unless WithAsyncCleanup
 }
 
 // New returns a manager over resources, whose names must be unique. It
@@ -63,7 +64,22 @@ func New(resources []resource.Resource, opts ...Option) (*Manager, error) {
 		m.res[r.Name()] = r
 	}
 	m.tel = newTelemetry(m.opts)
+	if m.opts.asyncCleanup {
+		m.cleaner = newCleaner(m)
+		m.cleaner.pause = m.opts.pauseCleaner
+	}
 	return m, nil
+}
+
+// Close deletes the marker rows that asynchronous clean-up
+// (WithAsyncCleanup) still holds, waiting at most until ctx ends; rows left
+// then are collected by recovery. It does not close the resources. Without
+// WithAsyncCleanup it does nothing.
+func (m *Manager) Close(ctx context.Context) error {
+	if m.cleaner == nil {
+		return nil
+	}
+	return m.cleaner.close(ctx)
 }
 
 // Resources returns the manager's resource names, sorted.

@@ -60,6 +60,7 @@ type scenario struct {
 	crashAt  txmanager.Failpoint // "" = draw; "none" = no crash
 	crashK   int                 // crash at the crashK-th occurrence (1-based)
 	llr      *bool               // logging last resource; nil = draw
+	async    *bool               // asynchronous clean-up that never runs (left to recovery); nil = draw
 	faults   bool                // inject faults into the coordinator's operations
 	pauses   bool                // run recovery (and jump the clock) at failpoints
 }
@@ -83,6 +84,10 @@ func (sc scenario) run(c chooser) result {
 	llr := c.Int("last-resource", 0, 1) == 1
 	if sc.llr != nil {
 		llr = *sc.llr
+	}
+	async := c.Int("async-cleanup", 0, 1) == 1
+	if sc.async != nil {
+		async = *sc.async
 	}
 	names := make([]string, n)
 	writes := make([]bool, n)
@@ -257,6 +262,8 @@ func (sc scenario) run(c chooser) result {
 	m, err := txmanager.New(coord.Resources(),
 		txmanager.WithProtocol(protocol),
 		txmanager.WithLastResource(llr),
+		txmanager.WithAsyncCleanup(async),
+		txmanager.WithPausedCleaner(),
 		txmanager.WithClock(clock),
 		txmanager.WithTimeout(modelTimeout),
 		txmanager.WithDecideTimeout(modelDecide),
@@ -363,19 +370,21 @@ func TestModelRapid(t *testing.T) {
 // TestModelEveryCrashPoint crashes the coordinator at every occurrence of
 // every failpoint, for 2 to 5 participants and both protocols, then runs
 // recovery: exhaustive over crash points, with and without the
-// logging-last-resource optimization, with no other fault.
+// logging-last-resource optimization and asynchronous clean-up, with no
+// other fault.
 func TestModelEveryCrashPoint(t *testing.T) {
 	cases := 0
 	for n := 2; n <= 5; n++ {
 		for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-			for _, llr := range []bool{false, true} {
+			for opts := range 4 {
+				llr, async := opts&1 == 1, opts&2 == 2
 				for _, fp := range txmanager.Failpoints {
 					for k := 1; k <= n; k++ {
-						sc := scenario{n: n, protocol: p, crashAt: fp, crashK: k, llr: &llr}
+						sc := scenario{n: n, protocol: p, crashAt: fp, crashK: k, llr: &llr, async: &async}
 						// Every branch writes: the chooser answers 1 to every draw.
 						r := sc.run(constChooser(1))
 						if r.violation != "" {
-							t.Fatalf("n=%d %s llr=%v crash at %s#%d: %s\ntrace:\n%s", n, p, llr, fp, k, r.violation, r.trace)
+							t.Fatalf("n=%d %s llr=%v async=%v crash at %s#%d: %s\ntrace:\n%s", n, p, llr, async, fp, k, r.violation, r.trace)
 						}
 						cases++
 					}

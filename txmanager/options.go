@@ -60,6 +60,8 @@ type options struct {
 	failpoint      FailpointFunc
 	onePhase       bool
 	lastResource   bool
+	asyncCleanup   bool
+	pauseCleaner   bool // tests: async clean-up never runs
 	sequential     bool // fan out one branch at a time, in order (deterministic tests)
 	sleep          func(ctx context.Context, d time.Duration) error
 	tracerProvider trace.TracerProvider // nil: otel.GetTracerProvider()
@@ -190,4 +192,14 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 // resource.MarkerCommitter, or the optimization is skipped.
 func WithLastResource(on bool) Option {
 	return optionFunc(func(o *options) error { o.lastResource = on; return nil })
+}
+
+// WithAsyncCleanup switches asynchronous marker clean-up (default off):
+// Commit returns as soon as every branch is committed, and a background
+// loop deletes the marker rows in batches, one statement per resource per
+// batch. Rows not deleted (a crash, Close not called) are collected by
+// recovery, exactly as after a coordinator that died before its clean-up.
+// Call Manager.Close at shutdown.
+func WithAsyncCleanup(on bool) Option {
+	return optionFunc(func(o *options) error { o.asyncCleanup = on; return nil })
 }

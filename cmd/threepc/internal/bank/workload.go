@@ -141,6 +141,14 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 // others).
 func (w *Workload) Manager() *txmanager.Manager { return w.mgr }
 
+// Close flushes the coordinator's asynchronous marker clean-up, if any.
+func (w *Workload) Close(ctx context.Context) error {
+	if w.mgr == nil {
+		return nil
+	}
+	return w.mgr.Close(ctx)
+}
+
 func (w *Workload) failpoint(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
 	if w.phases != nil {
 		w.phases.mark(gtid, fp)
