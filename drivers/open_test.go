@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 func TestOpenSelectsDriverByScheme(t *testing.T) {
@@ -60,5 +61,28 @@ func TestParseSpec(t *testing.T) {
 	_, _, err = ParseSpec("postgres://u:secret@127.0.0.1/db")
 	if err == nil || strings.Contains(err.Error(), "secret") {
 		t.Errorf("error must not show the password: %v", err)
+	}
+}
+
+// TestTracingAttributes: the drivers tell the tracing package their server
+// address and database name (db.namespace, server.address).
+func TestTracingAttributes(t *testing.T) {
+	for url, want := range map[string][2]string{
+		"postgres://u@127.0.0.1:5433/orders":  {"127.0.0.1:5433", "orders"},
+		"mysql://root@127.0.0.1:3307/billing": {"127.0.0.1:3307", "billing"},
+	} {
+		r, err := Open("a", url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr, ok1 := r.(tracing.ServerAddresser)
+		name, ok2 := r.(tracing.DatabaseNamer)
+		if !ok1 || !ok2 {
+			t.Fatalf("%s: %T does not implement the tracing interfaces", url, r)
+		}
+		if addr.ServerAddress() != want[0] || name.DatabaseName() != want[1] {
+			t.Errorf("%s: got %q %q, want %q", url, addr.ServerAddress(), name.DatabaseName(), want)
+		}
+		r.Close()
 	}
 }

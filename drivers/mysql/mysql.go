@@ -79,6 +79,7 @@ type Resource struct {
 	name   string
 	db     *sql.DB
 	ownsDB bool
+	dbname string
 	cfg    Config
 
 	mu      sync.Mutex
@@ -151,8 +152,17 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 		return nil, err
 	}
 	r.ownsDB = true
+	r.dbname = dc.DBName
 	return r, nil
 }
+
+// ServerAddress is the server's host:port (Config.Address)
+// (tracing.ServerAddresser).
+func (r *Resource) ServerAddress() string { return r.cfg.Address }
+
+// DatabaseName is the schema's name when the resource was made by Open, ""
+// otherwise (tracing.DatabaseNamer).
+func (r *Resource) DatabaseName() string { return r.dbname }
 
 // ParseURL converts a URL "mysql://user:password@host:port/database?params"
 // into a go-sql-driver configuration. The port defaults to 3306; query

@@ -74,11 +74,12 @@ type Config struct {
 // transactions. It implements resource.Resource and is safe for concurrent
 // use.
 type Resource struct {
-	name string
-	db   *sql.DB
-	own  bool   // Close closes db
-	addr string // host:port for messages, when known
-	cfg  Config
+	name   string
+	db     *sql.DB
+	own    bool   // Close closes db
+	addr   string // host:port for messages, when known
+	dbname string // database name, when known
+	cfg    Config
 
 	closeOnce sync.Once
 	closeErr  error
@@ -120,13 +121,22 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 		db.SetMaxOpenConns(cfg.MaxOpenConns)
 	}
 	return &Resource{
-		name: name,
-		db:   db,
-		own:  true,
-		addr: net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))),
-		cfg:  cfg,
+		name:   name,
+		db:     db,
+		own:    true,
+		addr:   net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port))),
+		dbname: pc.Database,
+		cfg:    cfg,
 	}, nil
 }
+
+// ServerAddress is the server's host:port when the resource was made by
+// Open, "" otherwise (tracing.ServerAddresser).
+func (r *Resource) ServerAddress() string { return r.addr }
+
+// DatabaseName is the database's name when the resource was made by Open,
+// "" otherwise (tracing.DatabaseNamer).
+func (r *Resource) DatabaseName() string { return r.dbname }
 
 // Name is the resource's name.
 func (r *Resource) Name() string { return r.name }

@@ -1,6 +1,7 @@
 // Package resourcetest is the conformance suite every threepc driver must
-// pass, run against real database servers (see package harness), plus
-// in-memory fakes for model tests of the protocol.
+// pass, run against real database servers (see package harness), and
+// helpers for drivers' own tests. The in-memory databases the protocol's
+// model tests use live in internal/memres.
 package resourcetest
 
 import (
