@@ -31,6 +31,7 @@ const (
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
 	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
+	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, attached
 )
 
 // errInjected is the failure injected into the vote of THREEPC_IT_REFUSE.
@@ -57,11 +58,18 @@ func TestHelperCoordinator(t *testing.T) {
 		t.Fatalf("child: %s: %v", envK, err)
 	}
 	target := txmanager.Failpoint(os.Getenv(envFailpoint))
+	optimized := map[string]bool{}
+	for _, o := range strings.Split(os.Getenv(envOptions), ",") {
+		optimized[o] = true
+	}
 	var rs []resource.Resource
 	for _, spec := range strings.Split(os.Getenv(envDBs), "|") {
 		name, url, err := drivers.ParseSpec(spec)
 		if err != nil {
 			t.Fatalf("child: %v", err)
+		}
+		if optimized["attached"] && strings.HasPrefix(url, "mysql://") {
+			url += "?threepc_keep_attached=true&threepc_read_only_vote=false"
 		}
 		r, err := drivers.Open(name, url)
 		if err != nil {
@@ -89,6 +97,8 @@ func TestHelperCoordinator(t *testing.T) {
 		txmanager.WithCommitTimeout(5*time.Second),
 		txmanager.WithInstanceID("crash-child"),
 		txmanager.WithLogger(quiet),
+		txmanager.WithLastResource(optimized["llr"]),
+		txmanager.WithAsyncCleanup(optimized["async"]),
 	)
 	if err != nil {
 		t.Fatalf("child: %v", err)
@@ -117,6 +127,7 @@ type crashRun struct {
 	key      string
 	timeout  time.Duration // default 3s
 	refuse   string        // resource whose (successful) vote is reported as a failure
+	options  string        // envOptions
 }
 
 // child starts the coordinator child process for run; wait for its crash
@@ -145,6 +156,7 @@ func startChild(t testing.TB, run crashRun) *childProc {
 		envKey+"="+run.key,
 		envTimeout+"="+run.timeout.String(),
 		envRefuse+"="+run.refuse,
+		envOptions+"="+run.options,
 	)
 	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
 	if err := c.cmd.Start(); err != nil {

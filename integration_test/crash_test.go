@@ -65,6 +65,54 @@ func crashCases(protocol txmanager.Protocol, n int) []crashCase {
 	)
 }
 
+// crashCasesLastResource are the cases with logging last resource: the
+// primary (parts[0]) is never prepared, and its one-phase commit with the
+// precommit row is the decision, so one branch fewer is found prepared and
+// one commit fewer happens after the decision.
+func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
+	var cs []crashCase
+	for k := 1; k < n; k++ {
+		cs = append(cs, crashCase{fp: txmanager.AfterPrepare, k: k, minPrepared: k})
+	}
+	cs = append(cs,
+		crashCase{fp: txmanager.BeforeDecide, k: 1, minPrepared: n - 1},
+		crashCase{fp: txmanager.AfterDecide, k: 1, commit: true, minPrepared: n - 1, minMarkers: 1})
+	if protocol == txmanager.ThreePC {
+		for k := 1; k < n; k++ {
+			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: n - 1, minMarkers: 1 + k})
+		}
+	}
+	for k := 1; k < n; k++ {
+		cs = append(cs, crashCase{fp: txmanager.AfterCommit, k: k, commit: true, minMarkers: 1})
+	}
+	return append(cs,
+		crashCase{fp: txmanager.BeforeCleanup, k: 1, commit: true, minMarkers: 1},
+		crashCase{fp: txmanager.BeforeRollback, k: 1, refuse: true, minPrepared: n - 1},
+	)
+}
+
+// TestCrashMatrixOptimized is the crash matrix with every optimization of
+// the performance work switched on at once: logging last resource,
+// asynchronous clean-up, and MariaDB branches kept attached to their
+// session without the read-only vote.
+func TestCrashMatrixOptimized(t *testing.T) {
+	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
+		for _, n := range []int{2, 3} {
+			group := fmt.Sprintf("co%s%d", protocol, n)
+			t.Run(fmt.Sprintf("%s/n=%d", protocol, n), func(t *testing.T) {
+				t.Parallel()
+				ps := crashParts(t, group, n)
+				for _, c := range crashCasesLastResource(protocol, n) {
+					t.Run(c.String(), func(t *testing.T) {
+						runCrashCaseWith(t, ps, protocol, c, group+"-"+strings.ReplaceAll(c.String(), "/", "-"), "llr,async,attached")
+					})
+				}
+				collectAborts(t, openAll(t, ps))
+			})
+		}
+	}
+}
+
 // crashParts makes the participants of a matrix group: PostgreSQL (the
 // primary), MariaDB, and for three a second PostgreSQL database on the
 // same server, whose gids share the server-wide namespace with the first.
@@ -103,8 +151,12 @@ func TestCrashMatrix(t *testing.T) {
 }
 
 func runCrashCase(t *testing.T, ps []part, protocol txmanager.Protocol, c crashCase, key string) {
+	runCrashCaseWith(t, ps, protocol, c, key, "")
+}
+
+func runCrashCaseWith(t *testing.T, ps []part, protocol txmanager.Protocol, c crashCase, key, options string) {
 	ctx := testCtx(t, time.Minute)
-	run := crashRun{parts: ps, protocol: protocol, fp: c.fp, k: c.k, key: key}
+	run := crashRun{parts: ps, protocol: protocol, fp: c.fp, k: c.k, key: key, options: options}
 	if c.refuse {
 		run.refuse = ps[len(ps)-1].name
 	}
