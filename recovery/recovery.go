@@ -26,12 +26,12 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/threepc/threepc/internal/fanout"
 	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/tracing"
@@ -575,17 +575,5 @@ func (s *Scanner) Run(ctx context.Context, interval time.Duration, onScan func(*
 	}
 }
 
-// each runs f(0..n-1), in parallel unless the scanner is sequential.
-func (s *Scanner) each(n int, f func(i int)) {
-	if s.opts.sequential {
-		for i := range n {
-			f(i)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { f(i) })
-	}
-	wg.Wait()
-}
+// each runs f(0..n-1), in parallel unless sequential (deterministic tests).
+func (s *Scanner) each(n int, f func(i int)) { fanout.Each(n, s.opts.sequential, f) }

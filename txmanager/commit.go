@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
+	"github.com/threepc/threepc/internal/fanout"
 	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/tracing"
@@ -550,20 +550,8 @@ func (m *Manager) fanout(branches []*branch, f func(b *branch) error) []error {
 	return errs
 }
 
-// each runs f(0..n-1), in parallel unless the manager is sequential.
-func (m *Manager) each(n int, f func(i int)) {
-	if m.opts.sequential || n == 1 {
-		for i := range n {
-			f(i)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() { f(i) })
-	}
-	wg.Wait()
-}
+// each runs f(0..n-1), in parallel unless sequential (deterministic tests).
+func (m *Manager) each(n int, f func(i int)) { fanout.Each(n, m.opts.sequential, f) }
 
 func firstError(errs []error) (int, error) {
 	for i, err := range errs {

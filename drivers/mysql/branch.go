@@ -444,10 +444,20 @@ func (b *Branch) Commit(ctx context.Context) error {
 	default:
 		return fmt.Errorf("threepc/mysql: %s: branch is %s, not prepared", what, b.state)
 	}
+	return b.finishPrepared(ctx, what, true)
+}
+
+// finishPrepared commits or rolls back a prepared branch: on its own
+// session while that is alive, else by id from the pool.
+func (b *Branch) finishPrepared(ctx context.Context, what string, commit bool) error {
 	if b.live {
-		err := b.exec(ctx, "XA COMMIT")
+		verb, done := "XA ROLLBACK", stRolledBack
+		if commit {
+			verb, done = "XA COMMIT", stCommitted
+		}
+		err := b.exec(ctx, verb)
 		if err == nil {
-			b.state = stCommitted
+			b.state = done
 			b.release()
 			return nil
 		}
@@ -458,9 +468,9 @@ func (b *Branch) Commit(ctx context.Context) error {
 		if isCtxErr(err) {
 			return wrapConn(what, err)
 		}
-		// The session is gone: commit by id below.
+		// The session is gone: finish by id below.
 	}
-	return b.finishByID(ctx, what, true)
+	return b.finishByID(ctx, what, commit)
 }
 
 // mapFinish maps an error of XA COMMIT/ROLLBACK on the pinned connection.
@@ -569,22 +579,7 @@ func (b *Branch) Rollback(ctx context.Context) error {
 		return nil
 	}
 	// Prepared, or maybe prepared.
-	if b.live {
-		err := b.exec(ctx, "XA ROLLBACK")
-		if err == nil {
-			b.state = stRolledBack
-			b.release()
-			return nil
-		}
-		if !isConnErr(err) && !isCtxErr(err) {
-			return b.mapFinish(what, err)
-		}
-		b.drop()
-		if isCtxErr(err) {
-			return wrapConn(what, err)
-		}
-	}
-	return b.finishByID(ctx, what, false)
+	return b.finishPrepared(ctx, what, false)
 }
 
 // killRunning kills the branch's session while a user statement runs on
