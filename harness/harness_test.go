@@ -492,3 +492,32 @@ func TestTemplateDamageIsRepaired(t *testing.T) {
 		t.Fatalf("template PG_VERSION = %q, %v after repair", b, err)
 	}
 }
+
+// TestWaitIdle: WaitIdle returns once another session on the database is
+// gone, and not before.
+func TestWaitIdle(t *testing.T) {
+	for _, kind := range []Kind{Postgres, MariaDB} {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := Shared(t, kind)
+			name := srv.NewDatabase(t)
+			other, err := sql.Open(srv.driverName(), srv.DSN(name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := other.Ping(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			if err := srv.WaitIdle(ctx, name); err == nil {
+				t.Fatal("WaitIdle returned while another session was connected")
+			}
+			other.Close()
+			ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := srv.WaitIdle(ctx, name); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -70,13 +70,9 @@ func bankSetup(ctx context.Context, w io.Writer, rs []resource.Resource, account
 		return usageErrorf("a bank is already set up in %s; pass --reset to replace it, or run `threepc bank check`", strings.Join(existing, ", "))
 	}
 	if reset {
-		sc, err := recovery.New(rs, recovery.WithLogger(quietLogger()))
+		rep, err := inspectBank(ctx, rs)
 		if err != nil {
-			return usageErrorf("%v", err)
-		}
-		rep, err := sc.Inspect(ctx)
-		if err != nil {
-			return failedErrorf("%v", err)
+			return err
 		}
 		if left := unresolved(rep); len(left) > 0 {
 			return usageErrorf("%s in doubt hold locks on the bank; run `threepc recover` before --reset", plural(len(left), "transaction"))
@@ -219,13 +215,9 @@ func bankCheck(ctx context.Context, w io.Writer, rs []resource.Resource) error {
 	}
 	fmt.Fprintf(tw, "all\t\t%d\t%d\n", seeded, total)
 	_ = tw.Flush()
-	sc, err := recovery.New(rs, recovery.WithLogger(quietLogger()))
+	rep, err := inspectBank(ctx, rs)
 	if err != nil {
-		return usageErrorf("%v", err)
-	}
-	rep, err := sc.Inspect(ctx)
-	if err != nil {
-		return failedErrorf("%v", err)
+		return err
 	}
 	left := unresolved(rep)
 	fmt.Fprintf(w, "seeded total %d, current total %d, %s in doubt\n", seeded, total, plural(len(left), "transaction"))
@@ -238,4 +230,18 @@ func bankCheck(ctx context.Context, w io.Writer, rs []resource.Resource) error {
 	}
 	fmt.Fprintf(w, "conserved: %d = %d, nothing in doubt\n", total, seeded)
 	return nil
+}
+
+// inspectBank runs a recovery scan that changes nothing, with the default
+// horizon, for the bank commands' "nothing in doubt" checks.
+func inspectBank(ctx context.Context, rs []resource.Resource) (*recovery.Report, error) {
+	sc, err := recovery.New(rs, recovery.WithLogger(quietLogger()))
+	if err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	rep, err := sc.Inspect(ctx)
+	if err != nil {
+		return nil, failedErrorf("%v", err)
+	}
+	return rep, nil
 }
