@@ -25,12 +25,44 @@ have_program ps || missing+=(procps)
 have_program git || missing+=(git)
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 
+# Go 1.26 (go.mod's version). Debian 12 ships Go 1.19, which cannot switch
+# toolchains by itself; it can still fetch the Go 1.26 toolchain from the
+# Go module proxy as a module, which install_go then installs as
+# /usr/local/go.
+go_version=1.26.8
+go_ok() {
+	local g=/usr/local/go/bin/go
+	[[ -x $g ]] || g=$(command -v go 2>/dev/null) || return 1
+	"$g" version 2>/dev/null | grep -Eq 'go1\.(2[6-9]|[3-9][0-9])'
+}
+if ! go_ok && ! command -v go >/dev/null 2>&1; then
+	missing+=(golang-go)
+fi
+
+install_go() {
+	go_ok && return 0
+	local tmp mod dir
+	tmp=$(mktemp -d)
+	mod="golang.org/toolchain@v0.0.1-go${go_version}.linux-$(dpkg --print-architecture)"
+	echo "install-deps: fetching Go ${go_version} ($mod) from the Go module proxy" >&2
+	dir=$(cd "$tmp" && GOTOOLCHAIN=local GOFLAGS=-modcacherw GOPATH="$tmp/gopath" GOMODCACHE="$tmp/mod" GOCACHE="$tmp/cache" \
+		go mod download -json "$mod" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[[ -n $dir && -d $dir/bin ]] || { echo "install-deps: could not fetch $mod" >&2; return 1; }
+	chmod -R u+w "$dir"
+	chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/*
+	"${sudo[@]}" rm -rf /usr/local/go
+	"${sudo[@]}" cp -a "$dir" /usr/local/go
+	chmod -R u+w "$tmp" && rm -rf "$tmp"
+	/usr/local/go/bin/go version >&2
+}
+
+sudo=()
 if ((${#missing[@]} == 0)); then
+	install_go
 	exit 0
 fi
 
 echo "install-deps: installing ${missing[*]}" >&2
-sudo=()
 if [[ $(id -u) != 0 ]]; then
 	if command -v sudo >/dev/null 2>&1; then
 		sudo=(sudo)
@@ -55,4 +87,5 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_go
 echo "install-deps: done" >&2

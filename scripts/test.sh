@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 # Go lives outside PATH in some non-login shells.
-if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+# Prefer the Go that install-deps.sh installs (an older Debian Go may be
+# first in PATH).
+if [[ -x /usr/local/go/bin/go ]]; then
 	export PATH="/usr/local/go/bin:$PATH"
 fi
 exec go test -race -count=1 -p 2 -timeout 20m "$@" ./...
