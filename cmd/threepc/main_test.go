@@ -260,7 +260,7 @@ func TestBench(t *testing.T) {
 	d := newDBs(t)
 	d.setUp(t, 500)
 	r := cli(t, d.args("bench", "--protocols", "local,handwritten2pc,2pc,3pc", "--concurrency", "1,4",
-		"--duration", "400ms", "--warmup", "100ms", "--json")...)
+		"--duration", "400ms", "--warmup", "0", "--json")...)
 	want(t, r, 0)
 	var res benchResult
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
@@ -269,7 +269,12 @@ func TestBench(t *testing.T) {
 	if len(res.Cells) != 8 {
 		t.Fatalf("want 8 cells, got %d: %s", len(res.Cells), r.stdout)
 	}
+	localAborts := int64(0)
 	for _, c := range res.Cells {
+		t.Logf("cell %s c=%d: %d committed, %d aborted", c.Protocol, c.Concurrency, c.Committed, c.Aborted)
+		if c.Protocol == "local" {
+			localAborts += c.Aborted
+		}
 		if c.Committed == 0 || c.TxPerSec <= 0 || c.P50Ms <= 0 || c.P99Ms < c.P50Ms {
 			t.Errorf("implausible cell %+v", c)
 		}
@@ -280,11 +285,19 @@ func TestBench(t *testing.T) {
 			t.Errorf("cell %s c=%d: %d in doubt, %d pending, %d failed", c.Protocol, c.Concurrency, c.InDoubt, c.CommitPending, c.Failed)
 		}
 	}
-	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+attached+noro", "--concurrency", "2", "--duration", "200ms")...)
-	want(t, r, 0, "PROTOCOL", "TX/S", "3pc", "3pc+llr+attached+noro", "heap after GC")
-	// Every atomic protocol kept the books; local only loses atomicity on
-	// errors, and none were reported above.
-	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 1000000 = 1000000")
+	// Every atomic protocol keeps the books. local has no atomicity: a
+	// transfer whose second leg fails (a timeout on a loaded machine)
+	// leaves the first committed, so the books are checked only when no
+	// local transfer aborted; then they are reset for the next run.
+	if localAborts == 0 {
+		want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 1000000 = 1000000")
+	} else {
+		t.Logf("%d local transfers aborted: the books need not balance after them", localAborts)
+	}
+	want(t, cli(t, d.args("bank", "setup", "--reset", "--accounts", "500")...), 0)
+	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+async+attached+noro,2pc+llr", "--concurrency", "2", "--duration", "200ms")...)
+	want(t, r, 0, "PROTOCOL", "TX/S", "3pc", "3pc+llr+async+attached+noro", "heap after GC")
+	want(t, cli(t, d.args("bank", "check")...), 0, "conserved: 1000000 = 1000000, nothing in doubt")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+fast")...), "unknown option")
 }
