@@ -21,6 +21,11 @@ func TestConformance(t *testing.T) {
 	t.Run("KeepAttachedNoReadOnlyVote", func(t *testing.T) {
 		runConformance(t, Config{KeepAttached: true, DisableReadOnlyVote: true})
 	})
+	// Detached without the vote: a read-only branch is prepared and
+	// detached, and MariaDB answers its by-id finish with 1402.
+	t.Run("NoReadOnlyVote", func(t *testing.T) {
+		runConformance(t, Config{DisableReadOnlyVote: true})
+	})
 }
 
 func runConformance(t *testing.T, cfg Config) {
