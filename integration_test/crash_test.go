@@ -96,21 +96,7 @@ func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
 // asynchronous clean-up, and MariaDB branches kept attached to their
 // session without the read-only vote.
 func TestCrashMatrixOptimized(t *testing.T) {
-	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
-		for _, n := range []int{2, 3} {
-			group := fmt.Sprintf("co%s%d", protocol, n)
-			t.Run(fmt.Sprintf("%s/n=%d", protocol, n), func(t *testing.T) {
-				t.Parallel()
-				ps := crashParts(t, group, n)
-				for _, c := range crashCasesLastResource(protocol, n) {
-					t.Run(c.String(), func(t *testing.T) {
-						runCrashCaseWith(t, ps, protocol, c, group+"-"+strings.ReplaceAll(c.String(), "/", "-"), "llr,async,attached")
-					})
-				}
-				collectAborts(t, openAll(t, ps))
-			})
-		}
-	}
+	runMatrix(t, "co", crashCasesLastResource, "llr,async,attached")
 }
 
 // crashParts makes the participants of a matrix group: PostgreSQL (the
@@ -132,26 +118,26 @@ func crashParts(t *testing.T, prefix string, n int) []part {
 // the transaction ended all-committed or all-rolled-back as PROTOCOL.md
 // prescribes, with nothing prepared and no marker left but the fence's
 // abort row, which a scan past the retention period collects.
-func TestCrashMatrix(t *testing.T) {
+func TestCrashMatrix(t *testing.T) { runMatrix(t, "cm", crashCases, "") }
+
+// runMatrix runs cases for 2 and 3 participants and both protocols, each
+// group on databases of its own, in parallel.
+func runMatrix(t *testing.T, prefix string, cases func(txmanager.Protocol, int) []crashCase, options string) {
 	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
 		for _, n := range []int{2, 3} {
-			group := fmt.Sprintf("cm%s%d", protocol, n)
+			group := fmt.Sprintf("%s%s%d", prefix, protocol, n)
 			t.Run(fmt.Sprintf("%s/n=%d", protocol, n), func(t *testing.T) {
 				t.Parallel()
 				ps := crashParts(t, group, n)
-				for _, c := range crashCases(protocol, n) {
+				for _, c := range cases(protocol, n) {
 					t.Run(c.String(), func(t *testing.T) {
-						runCrashCase(t, ps, protocol, c, group+"-"+strings.ReplaceAll(c.String(), "/", "-"))
+						runCrashCaseWith(t, ps, protocol, c, group+"-"+strings.ReplaceAll(c.String(), "/", "-"), options)
 					})
 				}
 				collectAborts(t, openAll(t, ps))
 			})
 		}
 	}
-}
-
-func runCrashCase(t *testing.T, ps []part, protocol txmanager.Protocol, c crashCase, key string) {
-	runCrashCaseWith(t, ps, protocol, c, key, "")
 }
 
 func runCrashCaseWith(t *testing.T, ps []part, protocol txmanager.Protocol, c crashCase, key, options string) {
