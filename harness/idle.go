@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -35,8 +36,31 @@ func (s *Server) WaitIdle(ctx context.Context, database string) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("harness: %d sessions still on %s: %w", n, database, ctx.Err())
+			return fmt.Errorf("harness: %d sessions still on %s (%s): %w", n, database, s.sessions(db, database), ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// sessions describes the other sessions on database, for error messages.
+func (s *Server) sessions(db *sql.DB, database string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	q := "SELECT concat_ws(' ', pid, state, wait_event_type, wait_event, left(query, 120)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+	if s.kind == MariaDB {
+		q = "SELECT concat_ws(' ', ID, COMMAND, TIME, STATE, left(INFO, 120)) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()"
+	}
+	rows, err := db.QueryContext(ctx, q, database)
+	if err != nil {
+		return err.Error()
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var line sql.NullString
+		if rows.Scan(&line) == nil {
+			out = append(out, line.String)
+		}
+	}
+	return strings.Join(out, "; ")
 }
