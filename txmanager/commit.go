@@ -176,7 +176,7 @@ func (tx *Tx) checkDeadline(ctx context.Context) error {
 		return fmt.Errorf("context done before the decision: %w", context.Cause(ctx))
 	}
 	if !tx.m.opts.clock.Now().Before(tx.deadline) {
-		return fmt.Errorf("%w (%v)", ErrTimeout, tx.m.opts.timeout)
+		return tx.timeoutError()
 	}
 	return nil
 }

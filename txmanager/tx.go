@@ -140,10 +140,16 @@ func (tx *Tx) stmtError(err error) error {
 		return err
 	}
 	if !tx.m.opts.clock.Now().Before(tx.deadline) {
-		return fmt.Errorf("%w (%v after begin; a distributed deadlock, which neither database can detect, ends this way): %w",
-			ErrTimeout, tx.m.opts.timeout, err)
+		return fmt.Errorf("%w: %w", tx.timeoutError(), err)
 	}
 	return err
+}
+
+// timeoutError says that the transaction timeout expired, and what that
+// usually means.
+func (tx *Tx) timeoutError() error {
+	return fmt.Errorf("%w (%v after begin; a distributed deadlock, which neither database can detect, ends this way)",
+		ErrTimeout, tx.m.opts.timeout)
 }
 
 // finish marks the transaction done and returns its branches, or
