@@ -424,6 +424,11 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 			// recovery. Confirm it is gone rather than assume it.
 			still, lerr := isPrepared(ctx, b)
 			if lerr == nil && !still {
+				// Expected only while a recovery scanner runs; said
+				// aloud, because a database that dropped a prepared
+				// branch would look exactly like this.
+				tx.m.opts.logger.Warn("threepc: branch no longer prepared after the decision; taking it as committed by recovery",
+					"gtid", tx.gtid, "resource", b.xid.Branch, "err", err)
 				return nil
 			}
 			if lerr != nil {
