@@ -123,11 +123,10 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		tx.preCommit(ctx, marker, live)
 	}
 	dctx, phase := tx.tel.Phase(ctx, tracing.PhaseDecide)
-	var decided bool
 	if last != nil {
-		decided, err = tx.decideLast(dctx, marker, last)
+		err = tx.decideLast(dctx, marker, last)
 	} else {
-		decided, err = tx.decide(dctx, marker)
+		err = tx.decide(dctx, marker)
 	}
 	phase.End(err)
 	switch {
@@ -136,8 +135,6 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		return err
 	case err != nil:
 		return tx.abort(ctx, live, tx.primary, resource.PhaseDecide, err)
-	case !decided:
-		panic("unreachable")
 	}
 	// Past the point of no return: nothing below may abort, and the
 	// caller's cancellation no longer applies.
@@ -211,10 +208,10 @@ func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
 }
 
 // decide records the commit decision at the primary: a compare-and-set
-// insert of the precommit row. It returns true once the row is known to be
+// insert of the precommit row. It returns nil once the row is known to be
 // in; an error matching ErrInDoubt when that stays unknown until the
 // decision deadline; any other error when the transaction must abort.
-func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) {
+func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 	m := tx.m
 	primary := m.res[tx.primary]
 	decisionDeadline := tx.deadline.Add(m.opts.decideTimeout)
@@ -222,14 +219,14 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 	for attempt := 0; ; attempt++ {
 		if !m.opts.clock.Now().Before(decisionDeadline) {
 			if lastErr == nil {
-				return false, ErrDecisionDeadline
+				return ErrDecisionDeadline
 			}
-			return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
+			return &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
 		}
 		if attempt > 0 {
 			if err := m.opts.sleep(ctx, backoff(attempt)); err != nil && lastErr != nil {
 				// A cancelled caller does not settle an unknown outcome.
-				return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
+				return &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
 			}
 		}
 		// The failpoint sits after the deadline check on purpose: a
@@ -238,9 +235,9 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 		// retention) is what keeps such a late insert harmless.
 		if err := m.failpoint(ctx, BeforeDecide, tx.gtid, tx.primary); err != nil {
 			if lastErr == nil {
-				return false, err
+				return err
 			}
-			return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
+			return &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
 		}
 		ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
 		octx, op := m.tel.Op(ictx, tracing.OpInsertMarker, primary)
@@ -254,18 +251,18 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 			if err == nil {
 				cancel()
 				if row.State == resource.StatePreCommit {
-					return true, nil // our own earlier attempt got in
+					return nil // our own earlier attempt got in
 				}
-				return false, ErrFenced
+				return ErrFenced
 			}
 		}
 		cancel()
 		if err == nil {
-			return true, nil
+			return nil
 		}
 		if lastErr == nil && !resource.IsConnectionError(err) && !errors.Is(err, context.DeadlineExceeded) {
 			// A clean refusal on the first attempt: nothing was written.
-			return false, err
+			return err
 		}
 		// The insert's outcome is unknown. Retrying the same insert is
 		// safe: only this coordinator writes precommit for its gtid, so
@@ -282,11 +279,11 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) (bool, error) 
 // abort row inserted at the primary either goes in (the commit did not
 // happen and never will: the gtid's primary key serializes the two) or
 // meets the precommit row (it did).
-func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resource.MarkerCommitter) (bool, error) {
+func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resource.MarkerCommitter) error {
 	m := tx.m
 	decisionDeadline := tx.deadline.Add(m.opts.decideTimeout)
 	if err := m.failpoint(ctx, BeforeDecide, tx.gtid, tx.primary); err != nil {
-		return false, err
+		return err
 	}
 	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
 	octx, op := m.tel.Op(ictx, tracing.OpCommitWithMarker, m.res[tx.primary])
@@ -295,11 +292,11 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 	cancel()
 	switch {
 	case err == nil:
-		return true, nil
+		return nil
 	case errors.Is(err, resource.ErrMarkerExists):
-		return false, ErrFenced
+		return ErrFenced
 	case !resource.IsConnectionError(err) && !errors.Is(err, context.DeadlineExceeded):
-		return false, err // refused: the primary's transaction rolled back
+		return err // refused: the primary's transaction rolled back
 	}
 	primary := m.res[tx.primary]
 	fence := marker
@@ -314,7 +311,7 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 		err := primary.InsertMarker(fctx, fence)
 		if err == nil {
 			cancel()
-			return false, fmt.Errorf("%w: the primary's commit did not happen (fenced by the coordinator): %w", ErrFenced, lastErr)
+			return fmt.Errorf("%w: the primary's commit did not happen (fenced by the coordinator): %w", ErrFenced, lastErr)
 		}
 		if errors.Is(err, resource.ErrMarkerExists) {
 			var row resource.Marker
@@ -322,9 +319,9 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 			if err == nil {
 				cancel()
 				if row.State == resource.StatePreCommit {
-					return true, nil
+					return nil
 				}
-				return false, ErrFenced
+				return ErrFenced
 			}
 		}
 		cancel()
@@ -333,7 +330,7 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 			break
 		}
 	}
-	return false, &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
+	return &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: lastErr}
 }
 
 // preCommit writes the precommit row at every non-primary participant
