@@ -54,9 +54,23 @@ func runProgress(ctx context.Context, what string, d time.Duration, transfers in
 		progressbar.OptionSetPredictTime(false),
 		progressbar.OptionShowElapsedTimeOnFinish(),
 	)
+	start := time.Now()
+	return onResult, animate(ctx, bar, func() {
+		c, a, o := committed.Load(), aborted.Load(), other.Load()
+		bar.Describe(fmt.Sprintf("%s: %d committed, %d aborted, %d other", what, c, a, o))
+		if d > 0 {
+			_ = bar.Set64(min(time.Since(start).Milliseconds(), max))
+		} else {
+			_ = bar.Set64(min(c+a+o, max))
+		}
+	})
+}
+
+// animate calls tick every 100ms until the returned stop is called (or ctx
+// ends), then finishes and clears bar.
+func animate(ctx context.Context, bar *progressbar.ProgressBar, tick func()) (stop func()) {
 	done := make(chan struct{})
 	stopped := make(chan struct{})
-	start := time.Now()
 	go func() {
 		defer close(stopped)
 		t := time.NewTicker(100 * time.Millisecond)
@@ -68,17 +82,11 @@ func runProgress(ctx context.Context, what string, d time.Duration, transfers in
 			case <-ctx.Done():
 				return
 			case <-t.C:
-			}
-			c, a, o := committed.Load(), aborted.Load(), other.Load()
-			bar.Describe(fmt.Sprintf("%s: %d committed, %d aborted, %d other", what, c, a, o))
-			if d > 0 {
-				_ = bar.Set64(min(time.Since(start).Milliseconds(), max))
-			} else {
-				_ = bar.Set64(min(c+a+o, max))
+				tick()
 			}
 		}
 	}()
-	return onResult, func() {
+	return func() {
 		close(done)
 		<-stopped
 		_ = bar.Finish()
@@ -100,28 +108,7 @@ func step(w io.Writer, what string, f func() error) error {
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionClearOnFinish(),
 		)
-		done := make(chan struct{})
-		stopped := make(chan struct{})
-		go func() {
-			defer close(stopped)
-			t := time.NewTicker(100 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-done:
-					return
-				case <-t.C:
-					_ = sp.Add(1)
-				}
-			}
-		}()
-		stop = func() {
-			close(done)
-			<-stopped
-			_ = sp.Finish()
-			_ = sp.Clear()
-			fmt.Fprint(os.Stderr, "\r\033[K")
-		}
+		stop = animate(context.Background(), sp, func() { _ = sp.Add(1) })
 	} else {
 		stop = func() {}
 	}
