@@ -121,6 +121,16 @@ func assertClean(t *testing.T, rs ...resource.Resource) {
 	}
 }
 
+// assertUntouched checks that an aborted transaction left account 1 of
+// both databases as seeded, and nothing prepared or marked.
+func assertUntouched(t *testing.T, pg, maria resource.Resource, why string) {
+	t.Helper()
+	if balance(t, pg, 1) != 1000 || balance(t, maria, 1) != 1000 {
+		t.Fatal(why)
+	}
+	assertClean(t, pg, maria)
+}
+
 func ph(r resource.Resource, n int) string {
 	if r.System() == "postgresql" {
 		return fmt.Sprintf("$%d", n)
@@ -238,10 +248,7 @@ func TestAbortOnSQLError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no_such_table") {
 		t.Fatalf("want the SQL error back, got %v", err)
 	}
-	if balance(t, pg, 1) != 1000 || balance(t, maria, 1) != 1000 {
-		t.Fatal("work of an aborted transaction is visible")
-	}
-	assertClean(t, pg, maria)
+	assertUntouched(t, pg, maria, "work of an aborted transaction is visible")
 }
 
 // TestAbortWhenBranchRefusesToPrepare: PostgreSQL cannot prepare a
@@ -264,10 +271,7 @@ func TestAbortWhenBranchRefusesToPrepare(t *testing.T) {
 	if ae.Resource != "pg" || ae.Phase != resource.PhasePrepare || !errors.Is(err, resource.ErrPrepareRefused) {
 		t.Fatalf("abort should name pg, prepare and ErrPrepareRefused: %+v", ae)
 	}
-	if balance(t, pg, 1) != 1000 || balance(t, maria, 1) != 1000 {
-		t.Fatal("work of an aborted transaction is visible")
-	}
-	assertClean(t, pg, maria)
+	assertUntouched(t, pg, maria, "work of an aborted transaction is visible")
 }
 
 func TestAbortOnPanic(t *testing.T) {
@@ -286,10 +290,7 @@ func TestAbortOnPanic(t *testing.T) {
 			panic("boom")
 		})
 	}()
-	if balance(t, pg, 1) != 1000 || balance(t, maria, 1) != 1000 {
-		t.Fatal("work of a panicked transaction is visible")
-	}
-	assertClean(t, pg, maria)
+	assertUntouched(t, pg, maria, "work of a panicked transaction is visible")
 }
 
 func TestAbortWhenContextCancelledBeforeDecision(t *testing.T) {
@@ -308,10 +309,7 @@ func TestAbortWhenContextCancelledBeforeDecision(t *testing.T) {
 	if !errors.Is(err, txmanager.ErrAborted) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("want an abort caused by the cancellation, got %v", err)
 	}
-	if balance(t, pg, 1) != 1000 || balance(t, maria, 1) != 1000 {
-		t.Fatal("work of an aborted transaction is visible")
-	}
-	assertClean(t, pg, maria)
+	assertUntouched(t, pg, maria, "work of an aborted transaction is visible")
 }
 
 // TestCommitSurvivesCancelAfterDecision: past the commit point the
