@@ -16,9 +16,18 @@ var (
 	ErrInvalidID = errors.New("threepc: invalid transaction id")
 
 	// ErrUnknownBranch: the database has no such prepared branch
-	// (PostgreSQL 42704, MySQL 1397 XAER_NOTA). It does not say whether the
-	// branch was committed or rolled back: re-read the markers.
+	// (PostgreSQL 42704, MySQL 1397 XAER_NOTA) and, where a commit was
+	// asked for, no evidence either way was needed (rollback) or the
+	// driver could not tell. It never says the branch committed.
 	ErrUnknownBranch = errors.New("threepc: unknown branch")
+	// ErrHeuristic: a branch's state contradicts the decision. The
+	// transaction is decided to commit, but the prepared branch is gone
+	// without its evidence row: rolled back by something outside threepc
+	// (an operator's XA ROLLBACK / ROLLBACK PREPARED), or lost by the
+	// server (MariaDB's hand-over race leaves an orphan that reappears,
+	// prepared, after a server restart). Nothing may claim the branch
+	// committed, and its marker rows must stay.
+	ErrHeuristic = errors.New("threepc: heuristic outcome")
 	// ErrBranchExists: a branch with this id already exists (PostgreSQL
 	// 42710, MySQL 1440 XAER_DUPID).
 	ErrBranchExists = errors.New("threepc: branch id already in use")

@@ -18,13 +18,22 @@ const (
 	// the insert of this row is the commit point; elsewhere it is written
 	// only after that decision.
 	StatePreCommit MarkerState = "precommit"
-	// StateAbort: recovery fenced the transaction at the primary; it can
-	// never commit.
+	// StateAbort: recovery (or the coordinator itself, after a lost
+	// logging-last-resource commit) fenced the transaction at the primary;
+	// it can never commit. Kept as a tombstone for the retention period.
 	StateAbort MarkerState = "abort"
+	// StateCommitted: only at the primary, written over its precommit row
+	// (Resource.Tombstone) once every branch is proven committed. It is a
+	// tombstone: it outlives every coordinator and scan that could still
+	// try to fence the gtid, and is collected after the retention period.
+	StateCommitted MarkerState = "committed"
 )
 
-// Valid reports whether s is a known state.
+// Valid reports whether s is a state InsertMarker accepts.
 func (s MarkerState) Valid() bool { return s == StatePreCommit || s == StateAbort }
+
+// Known reports whether s is any state a marker row can hold.
+func (s MarkerState) Known() bool { return s.Valid() || s == StateCommitted }
 
 // Marker is one row of the marker table.
 type Marker struct {
@@ -36,7 +45,17 @@ type Marker struct {
 	// CreatedAt is the database's clock when the row was inserted. It is
 	// set by the database on insert and ignored by InsertMarker.
 	CreatedAt time.Time
+	// Age is the row's age by the database's own clock when it was read
+	// (ListMarkers, ReadMarker), so that retention does not depend on the
+	// reader's clock. Ignored by InsertMarker.
+	Age time.Duration
 }
+
+// EvidenceState is the state column of evidence rows in the marker table:
+// a row (gtid, branch name) that a branch inserts inside its own
+// transaction, so that it is visible from other sessions exactly when the
+// branch committed. Marker rows have an empty branch column.
+const EvidenceState = "evidence"
 
 // MaxOwnerLen is the longest instance id a marker row stores.
 const MaxOwnerLen = 128

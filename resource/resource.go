@@ -56,34 +56,57 @@ type Resource interface {
 	// Begin starts a branch with the given id on a connection pinned to it.
 	Begin(ctx context.Context, xid XID) (Branch, error)
 
-	// CommitPrepared commits a prepared branch by id. If no such prepared
-	// branch exists it returns an error wrapping ErrUnknownBranch; that
-	// does not say whether the branch was committed or rolled back.
+	// CommitPrepared commits a prepared branch by id. nil means the
+	// branch is committed, proven: by an answer the database makes
+	// authoritative (PostgreSQL's COMMIT PREPARED) or by its evidence row
+	// (Committed), never by an OK the database does not guarantee (a
+	// by-id XA COMMIT on MariaDB/MySQL). A branch that is no longer
+	// prepared is committed if its evidence is there; without it the
+	// error wraps ErrHeuristic. A branch held by another live session
+	// wraps ErrBranchBusy (MySQL/MariaDB drivers end a session that holds
+	// the branch first, then wait until the server has taken it over).
 	CommitPrepared(ctx context.Context, xid XID) error
 
-	// RollbackPrepared rolls back a prepared branch by id, with the same
-	// ErrUnknownBranch rule as CommitPrepared.
+	// RollbackPrepared rolls back a prepared branch by id. A branch that
+	// is no longer prepared gives an error wrapping ErrUnknownBranch, or
+	// ErrHeuristic when its evidence shows that it committed.
 	RollbackPrepared(ctx context.Context, xid XID) error
 
-	// Recover lists the prepared branches on this resource whose id carries
-	// the product prefix. Prepared transactions of other software, and
-	// branches of other databases on the same server, are not listed.
+	// Recover lists the prepared branches on this resource's database
+	// whose id carries the product prefix, whatever their namespace
+	// (XID.Space): recovery keeps only its own. Prepared transactions of
+	// other software, and branches of other databases on the same server,
+	// are not listed.
 	Recover(ctx context.Context) ([]PreparedBranch, error)
 
+	// Committed reports whether the branch's evidence row is visible: the
+	// row that Prepare (or CommitWithMarker) inserted inside the branch's
+	// own transaction, so it is visible exactly when the branch committed
+	// and until the gtid's rows are deleted (DeleteMarkers). xid.Session
+	// is ignored.
+	Committed(ctx context.Context, xid XID) (bool, error)
+
 	// InsertMarker inserts a marker row. It is a compare-and-set on the
-	// gtid: if a row for the gtid already exists the insert fails with an
-	// error wrapping ErrMarkerExists and changes nothing.
+	// gtid: if a marker row for the gtid already exists (whatever its
+	// state, tombstones included) the insert fails with an error wrapping
+	// ErrMarkerExists and changes nothing.
 	InsertMarker(ctx context.Context, m Marker) error
 
 	// ReadMarker reads the marker row of gtid, or returns an error wrapping
 	// ErrNoMarker.
 	ReadMarker(ctx context.Context, gtid string) (Marker, error)
 
-	// ListMarkers lists every marker row.
+	// ListMarkers lists every marker row (not the evidence rows), ordered
+	// by gtid.
 	ListMarkers(ctx context.Context) ([]Marker, error)
 
-	// DeleteMarkers deletes the marker rows of the given gtids. Missing
-	// rows are not an error.
+	// Tombstone turns the precommit marker rows of the given gtids into
+	// StateCommitted tombstones, in one statement. Rows in another state,
+	// and missing rows, are left alone.
+	Tombstone(ctx context.Context, gtids ...string) error
+
+	// DeleteMarkers deletes every row of the given gtids: marker rows,
+	// tombstones and evidence rows. Missing rows are not an error.
 	DeleteMarkers(ctx context.Context, gtids ...string) error
 
 	// Close releases the resource's connection pool if the resource opened
@@ -124,15 +147,20 @@ type Branch interface {
 	// XID is the branch's id.
 	XID() XID
 
-	// Prepare ends the work phase and prepares the branch (the vote). An
-	// error means the branch is not prepared; the caller must still call
-	// Rollback to release it. A branch whose transaction has already failed
-	// (a statement error) refuses with an error wrapping ErrPrepareRefused
-	// and is never reported as prepared.
+	// Prepare ends the work phase and prepares the branch (the vote). A
+	// branch that votes VotePrepared has inserted its evidence row (see
+	// Resource.Committed) inside its transaction first, in the same round
+	// trip where the driver can. An error means the branch is not
+	// prepared; the caller must still call Rollback to release it. A
+	// branch whose transaction has already failed (a statement error)
+	// refuses with an error wrapping ErrPrepareRefused and is never
+	// reported as prepared.
 	Prepare(ctx context.Context) (Vote, error)
 
-	// Commit commits the prepared branch. ErrUnknownBranch means the
-	// prepared branch no longer exists (finished by someone else).
+	// Commit commits the prepared branch, on its own session while that
+	// lives (where the answer is authoritative), else by id. nil means
+	// committed, proven, as for Resource.CommitPrepared; a branch gone
+	// without its evidence gives an error wrapping ErrHeuristic.
 	Commit(ctx context.Context) error
 
 	// CommitOnePhase commits a branch that was never prepared, as an
@@ -169,7 +197,8 @@ type PreparedBranch struct {
 // commit is the commit point, atomically with the decision row.
 //
 // CommitWithMarker inserts m (a compare-and-set on the gtid, as
-// InsertMarker) in the branch's transaction and commits it. If a row for
+// InsertMarker) and the branch's evidence row in the branch's transaction
+// and commits it. If a row for
 // the gtid exists it fails with an error wrapping ErrMarkerExists and the
 // branch is rolled back. A connection error leaves the outcome unknown:
 // the caller resolves it through the marker table, where the gtid's

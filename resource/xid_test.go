@@ -28,7 +28,8 @@ func TestValidateName(t *testing.T) {
 const gtid = "01J9ZQ4M3B6Q5W2E8R7T1Y0V9P"
 
 func TestXIDEncodingsRoundTrip(t *testing.T) {
-	x := XID{GTID: "01J9ZQ4M3B6Q5W2E8R7T1Y0H9P", Primary: strings.Repeat("p", MaxNameLen), Branch: strings.Repeat("b", MaxNameLen)}
+	x := XID{GTID: "01J9ZQ4M3B6Q5W2E8R7T1Y0H9P", Primary: strings.Repeat("p", MaxNameLen), Branch: strings.Repeat("b", MaxNameLen),
+		Space: SpaceTag("some deployment"), Session: 1<<64 - 1}
 	if err := x.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -36,33 +37,50 @@ func TestXIDEncodingsRoundTrip(t *testing.T) {
 	if len(gid) >= 200 {
 		t.Fatalf("PostgreSQL gid is %d bytes, limit 200", len(gid))
 	}
-	if got, ok := ParsePostgresGID(gid); !ok || got != x {
+	if got, ok := ParsePostgresGID(gid); !ok || !got.SameBranch(x) || got.Session != 0 {
 		t.Fatalf("ParsePostgresGID(%q) = %v, %v", gid, got, ok)
 	}
-	gtrid, bqual, fid := x.MySQL()
+	db := DatabaseTag(strings.Repeat("d", 64))
+	gtrid, bqual, fid := x.MySQL(db)
 	if len(gtrid) > 64 || len(bqual) > 64 {
 		t.Fatalf("MySQL gtrid %d bytes, bqual %d bytes, limit 64 each", len(gtrid), len(bqual))
 	}
-	if got, ok := ParseMySQL(fid, gtrid, bqual); !ok || got != x {
-		t.Fatalf("ParseMySQL = %v, %v", got, ok)
+	if got, tag, ok := ParseMySQL(fid, gtrid, bqual); !ok || got != x || tag != db {
+		t.Fatalf("ParseMySQL = %v, %q, %v", got, tag, ok)
+	}
+	if _, _, ok := ParseMySQL(fid, gtrid, strings.Replace(bqual, ":"+db+":", ":"+db+":0", 1)); ok {
+		t.Fatal("ParseMySQL accepted a session with a leading zero")
+	}
+	if SpaceTag("a") == SpaceTag("b") || SpaceTag("") == DatabaseTag("") || len(SpaceTag("")) != TagLen {
+		t.Fatal("tags do not separate namespaces")
 	}
 }
 
 func TestForeignIDsAreNotOurs(t *testing.T) {
-	for _, gid := range []string{"", "foreign-1", "3pc1:x:a:b", "3pc2:" + gtid + ":a:b", "3pc1:" + gtid + ":a", "3pc1:" + gtid + ":A:b"} {
+	sp := SpaceTag("")
+	for _, gid := range []string{"", "foreign-1", "3pc1:x:a:b", "3pc1:" + gtid + ":a:b", "3pc3:" + gtid + ":a:b:" + sp, Prefix + ":" + gtid + ":a", Prefix + ":" + gtid + ":A:b:" + sp, Prefix + ":" + gtid + ":a:b:short"} {
 		if _, ok := ParsePostgresGID(gid); ok {
 			t.Errorf("ParsePostgresGID(%q) accepted a foreign gid", gid)
 		}
 	}
 	gtrid := Prefix + ":" + gtid + ":a"
-	if _, ok := ParseMySQL(1, gtrid, "b"); ok {
+	bqual := "b:" + sp + ":" + DatabaseTag("x") + ":1"
+	if _, _, ok := ParseMySQL(MySQLFormatID, gtrid, bqual); !ok {
+		t.Fatal("ParseMySQL refused a good id")
+	}
+	if _, _, ok := ParseMySQL(1, gtrid, bqual); ok {
 		t.Error("ParseMySQL accepted another formatID")
 	}
-	if _, ok := ParseMySQL(MySQLFormatID, "3pc1:bad:a", "b"); ok {
+	if _, _, ok := ParseMySQL(MySQLFormatID, Prefix+":bad:a", bqual); ok {
 		t.Error("ParseMySQL accepted a malformed gtrid")
 	}
-	if _, ok := ParseMySQL(MySQLFormatID, gtrid, "B'"); ok {
-		t.Error("ParseMySQL accepted a malformed bqual")
+	if _, _, ok := ParseMySQL(MySQLFormatID, "3pc1:"+gtid+":a", "b"); ok {
+		t.Error("ParseMySQL accepted a version-1 id")
+	}
+	for _, bad := range []string{"B'", "b", "b:" + sp + ":" + DatabaseTag("x"), "b:" + sp + ":short:1", "b:" + sp + ":" + DatabaseTag("x") + ":", "b:" + sp + ":" + DatabaseTag("x") + ":1:2"} {
+		if _, _, ok := ParseMySQL(MySQLFormatID, gtrid, bad); ok {
+			t.Errorf("ParseMySQL accepted the malformed bqual %q", bad)
+		}
 	}
 }
 

@@ -9,8 +9,8 @@ import (
 )
 
 // Outcome errors. Every error from Commit and Run matches exactly one of
-// ErrAborted, ErrInDoubt or ErrCommitPending with errors.Is, or is the
-// error the caller's own function returned (Run) or ErrTxDone.
+// ErrAborted, ErrInDoubt, ErrCommitPending or ErrHeuristic with
+// errors.Is, or is ErrTxDone.
 var (
 	// ErrAborted: the transaction is rolled back, or will be: no branch
 	// committed and none ever will. Safe to retry as a new transaction.
@@ -23,6 +23,16 @@ var (
 	// branches could not be committed in time; recovery will commit them.
 	// The outcome is commit: do not retry.
 	ErrCommitPending = errors.New("threepc: transaction committed, completion pending")
+
+	// ErrHeuristic: the transaction is decided to commit, but a branch's
+	// state contradicts the decision: the prepared branch is gone without
+	// the evidence of its commit (rolled back by something outside
+	// threepc, or lost by the database server, as in MariaDB's hand-over
+	// race). The other branches are committed or will be; the marker rows
+	// stay, so recovery commits the branch if it reappears (for MariaDB:
+	// restart the server, then run recovery). Needs an operator: `threepc
+	// inspect` shows it. Do not retry.
+	ErrHeuristic = errors.New("threepc: heuristic outcome: a branch contradicts the commit decision")
 
 	// ErrTimeout: the transaction timeout expired (WithTimeout). It is
 	// what breaks distributed deadlocks, which neither database can see.
@@ -107,3 +117,22 @@ func (e *CommitPendingError) Unwrap() error { return e.Err }
 
 // Is makes errors.Is(err, ErrCommitPending) hold.
 func (e *CommitPendingError) Is(target error) bool { return target == ErrCommitPending }
+
+// HeuristicError reports a transaction decided to commit whose branches
+// on Branches contradict that decision (see ErrHeuristic).
+// errors.Is(err, ErrHeuristic) holds for it.
+type HeuristicError struct {
+	GTID     string
+	Branches []string // the branches gone without their evidence
+	Pending  []string // branches not committed in time (recovery finishes them)
+	Err      error    // the branches' errors, joined
+}
+
+func (e *HeuristicError) Error() string {
+	return fmt.Sprintf("threepc: transaction %s decided to commit, but branch %s is gone without the evidence of its commit (rolled back outside threepc, or lost by the server; markers kept, see `threepc inspect`): %v", e.GTID, strings.Join(e.Branches, ", "), e.Err)
+}
+
+func (e *HeuristicError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrHeuristic) hold.
+func (e *HeuristicError) Is(target error) bool { return target == ErrHeuristic }
