@@ -2,19 +2,25 @@
 // is gone: the termination protocol of threepc.
 //
 // A Scanner reads every resource's marker rows and prepared branches and,
-// per global transaction, commits (a precommit row exists anywhere), rolls
-// back (an abort row at the primary), fences and rolls back (no row, older
-// than the in-flight horizon: an abort row is inserted at the primary
-// first, as a compare-and-set), or leaves it in doubt (the primary cannot
-// be reached). It is idempotent and safe to run concurrently with other
-// scanners and with live coordinators on other instances.
+// per global transaction of its namespace, commits (a precommit row exists
+// anywhere), rolls back (an abort row at the primary), fences and rolls
+// back (no row, older than the in-flight horizon: an abort row is inserted
+// at the primary first, as a compare-and-set), or leaves it in doubt (the
+// primary cannot be reached). A transaction counts as committed only on
+// evidence: each branch's own evidence row, read from another session.
+// Once every branch is proven committed the primary's decision row
+// becomes a tombstone, kept for the retention period like abort rows. A
+// branch that contradicts the decision is a heuristic outcome: reported,
+// never papered over. The scanner is idempotent and safe to run
+// concurrently with other scanners and with live coordinators on other
+// instances.
 //
 // Run a scan at start-up, before serving traffic, and keep one running
 // in the background:
 //
 //	sc, err := recovery.New(resources)
 //	if _, err := sc.ScanOnce(ctx); err != nil { ... }
-//	go sc.Run(ctx, time.Minute)
+//	go sc.Run(ctx, time.Minute, nil)
 package recovery
 
 import (
@@ -24,7 +30,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -32,7 +37,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/threepc/threepc/internal/fanout"
-	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/tracing"
 )
@@ -49,6 +53,10 @@ const (
 	DefaultRetention = 24 * time.Hour
 	// MinRetention is the shortest retention accepted.
 	MinRetention = time.Minute
+	// DefaultScanDeadline: a scan does not fence after running this long
+	// (measured on its monotonic clock): its view of the markers may be
+	// stale by then. Retention must be far longer.
+	DefaultScanDeadline = 5 * time.Minute
 )
 
 // Clock is the scanner's time source.
@@ -71,6 +79,8 @@ type options struct {
 	clock      Clock
 	logger     *slog.Logger
 	instanceID string
+	space      string // resource.SpaceTag of the namespace
+	deadline   time.Duration
 	tp         trace.TracerProvider // nil: otel.GetTracerProvider()
 	mp         metric.MeterProvider // nil: otel.GetMeterProvider()
 	sequential bool
@@ -103,6 +113,32 @@ func WithRetention(d time.Duration) Option {
 			return fmt.Errorf("threepc/recovery: retention %v is shorter than %v; abort rows must outlive every coordinator's decision deadline", d, MinRetention)
 		}
 		o.retention = d
+		return nil
+	})
+}
+
+// WithNamespace sets the deployment's namespace (default ""): the scanner
+// finishes only branches, and touches only marker rows, of this
+// namespace. It must be the one the coordinators use
+// (txmanager.WithNamespace).
+func WithNamespace(ns string) Option {
+	return optionFunc(func(o *options) error {
+		if err := resource.ValidateNamespace(ns); err != nil {
+			return fmt.Errorf("threepc/recovery: %w", err)
+		}
+		o.space = resource.SpaceTag(ns)
+		return nil
+	})
+}
+
+// WithScanDeadline sets how long a scan may run and still fence (default
+// DefaultScanDeadline). It must be far shorter than the retention.
+func WithScanDeadline(d time.Duration) Option {
+	return optionFunc(func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("threepc/recovery: scan deadline must be positive, got %v", d)
+		}
+		o.deadline = d
 		return nil
 	})
 }
@@ -142,12 +178,16 @@ type Scanner struct {
 func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 	s := &Scanner{res: map[string]resource.Resource{}, opts: options{
 		horizon: DefaultHorizon, retention: DefaultRetention, clock: systemClock{},
-		logger: slog.Default(), instanceID: "recovery",
+		logger: slog.Default(), instanceID: "recovery", space: resource.SpaceTag(""),
+		deadline: DefaultScanDeadline,
 	}}
 	for _, o := range opts {
 		if err := o.apply(&s.opts); err != nil {
 			return nil, err
 		}
+	}
+	if s.opts.retention < 2*s.opts.deadline {
+		return nil, fmt.Errorf("threepc/recovery: retention %v must be at least twice the scan deadline %v: a slow scan must never fence after its tombstones are collected", s.opts.retention, s.opts.deadline)
 	}
 	for _, r := range resources {
 		if err := resource.ValidateName(r.Name()); err != nil {
@@ -171,8 +211,13 @@ const (
 	ActionRollback Action = "rollback" // abort row at the primary: prepared branches rolled back
 	ActionFence    Action = "fence"    // no row: abort row inserted at the primary, branches rolled back
 	ActionCollect  Action = "collect"  // no prepared branch left: marker rows deleted
-	ActionWait     Action = "wait"     // younger than the horizon, or abort row kept for retention
+	ActionWait     Action = "wait"     // younger than the horizon, or a tombstone kept for retention
 	ActionInDoubt  Action = "in-doubt" // cannot be decided or finished now; see Reason
+	// ActionHeuristic: a branch contradicts the decision (decided to
+	// commit, but gone without its evidence; or committed under an abort
+	// row). Nothing is claimed and every row is kept; Reason says what
+	// to do.
+	ActionHeuristic Action = "heuristic"
 )
 
 // BranchReport is one prepared branch found by a scan.
@@ -192,16 +237,18 @@ type TxReport struct {
 	Age          time.Duration
 	Branches     []BranchReport
 	Markers      map[string]resource.Marker // by resource
-	Action       Action
-	Reason       string
-	Err          error
+	// Lost names the branches that contradict the decision (heuristic).
+	Lost   []string
+	Action Action
+	Reason string
+	Err    error
 
 	lateDecision bool // the deciding row was read after the branch listing
 }
 
 // Resolved reports whether the transaction needs nothing more.
 func (t *TxReport) Resolved() bool {
-	if t.Action == ActionInDoubt || t.Err != nil {
+	if t.Action == ActionInDoubt || t.Action == ActionHeuristic || t.Err != nil {
 		return false
 	}
 	for _, b := range t.Branches {
@@ -219,15 +266,29 @@ type Report struct {
 	DryRun       bool
 	Unreachable  map[string]error // resources that could not be scanned
 	Transactions []TxReport       // sorted by gtid (age order)
+	// Foreign counts the prepared branches of other namespaces seen and
+	// left alone.
+	Foreign int
 }
 
-// InDoubt returns the transactions that still need work: in doubt, not
-// finished, or waiting on a young in-flight transaction's prepared
-// branches.
+// InDoubt returns the transactions that still need work: in doubt,
+// heuristic, not finished, or waiting on a young in-flight transaction's
+// prepared branches.
 func (r *Report) InDoubt() []TxReport {
 	var out []TxReport
 	for _, t := range r.Transactions {
-		if t.Action == ActionInDoubt || t.Err != nil || (t.Action != ActionWait && !t.Resolved()) {
+		if t.Action == ActionInDoubt || t.Action == ActionHeuristic || t.Err != nil || (t.Action != ActionWait && !t.Resolved()) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Heuristic returns the transactions with a heuristic outcome.
+func (r *Report) Heuristic() []TxReport {
+	var out []TxReport
+	for _, t := range r.Transactions {
+		if t.Action == ActionHeuristic {
 			out = append(out, t)
 		}
 	}
@@ -261,6 +322,7 @@ type found struct {
 
 func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	rep := &Report{Started: s.opts.clock.Now(), DryRun: dry, Unreachable: map[string]error{}}
+	fenceBy := rep.Started.Add(s.opts.deadline)
 	names := slices.Sorted(maps.Keys(s.res))
 	if len(names) == 0 {
 		return nil, errors.New("threepc/recovery: no resources")
@@ -301,11 +363,18 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 			continue
 		}
 		for _, m := range fs[i].markers {
+			if !s.ours(m.Space) {
+				continue
+			}
 			t := get(m.GTID)
 			t.Markers[n] = m
 			t.Primary = m.Primary
 		}
 		for _, p := range fs[i].prepared {
+			if p.XID.Space != s.opts.space {
+				rep.Foreign++
+				continue
+			}
 			t := get(p.XID.GTID)
 			t.Primary = p.XID.Primary
 			t.Branches = append(t.Branches, BranchReport{Resource: n, XID: p.XID, PreparedAt: p.PreparedAt})
@@ -316,7 +385,7 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 		t := txs[g]
 		t.Participants = participants(t)
 		rctx, span := s.tel.StartResolve(ctx, g)
-		s.resolve(rctx, t, rep.Unreachable, dry)
+		s.resolve(rctx, t, rep.Unreachable, dry, fenceBy)
 		span.End(resolution(t, dry))
 		rep.Transactions = append(rep.Transactions, *t)
 		s.log(t, dry)
@@ -341,186 +410,10 @@ func participants(t *TxReport) []string {
 	return slices.Sorted(maps.Keys(set))
 }
 
-// resolve decides and acts on one transaction.
-func (s *Scanner) resolve(ctx context.Context, t *TxReport, unreachable map[string]error, dry bool) {
-	if t.Age < s.opts.horizon {
-		t.Action, t.Reason = ActionWait, fmt.Sprintf("younger than the in-flight horizon (%v)", s.opts.horizon)
-		return
-	}
-	if len(t.Branches) == 0 {
-		// Nothing prepared: only marker rows, which may be collected.
-		s.collect(ctx, t, unreachable, dry)
-		return
-	}
-	primaryRow, atPrimary := t.Markers[t.Primary]
-	decided := false
-	for _, m := range t.Markers {
-		decided = decided || m.State == resource.StatePreCommit
-	}
-	switch {
-	case decided:
-		t.Action, t.Reason = ActionCommit, "precommit row found"
-		s.finish(ctx, t, true, dry)
-	case atPrimary && primaryRow.State == resource.StateAbort:
-		t.Action, t.Reason = ActionRollback, "abort row at the primary"
-		s.finish(ctx, t, false, dry)
-	default:
-		s.fence(ctx, t, unreachable, dry)
-	}
-	if t.Action == ActionInDoubt || !t.Resolved() || dry || (t.lateDecision && !seeded.CollectAfterLateDecision.Load()) {
-		return
-	}
-	s.collect(ctx, t, unreachable, false)
-}
-
-// fence inserts the abort row at the primary, then acts on whichever row
-// is there.
-func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string]error, dry bool) {
-	primary, ok := s.res[t.Primary]
-	if !ok {
-		t.Action, t.Reason = ActionInDoubt, fmt.Sprintf("primary %q is not one of this scanner's resources", t.Primary)
-		return
-	}
-	if err := unreachable[t.Primary]; err != nil {
-		t.Action, t.Reason, t.Err = ActionInDoubt, fmt.Sprintf("primary %q unreachable and no precommit row on any reachable participant", t.Primary), err
-		return
-	}
-	if dry {
-		t.Action, t.Reason = ActionFence, "no marker row: would fence at the primary and roll back"
-		return
-	}
-	if seeded.AbortWithoutFence.Load() {
-		t.Action, t.Reason = ActionFence, "seeded bug: abort without fence"
-		s.finish(ctx, t, false, dry)
-		return
-	}
-	octx, op := s.tel.Op(ctx, tracing.OpInsertMarker, primary)
-	err := primary.InsertMarker(octx, resource.Marker{
-		GTID: t.GTID, State: resource.StateAbort, Primary: t.Primary,
-		Participants: t.Participants, Owner: s.opts.instanceID,
-	})
-	op.End(err)
-	if errors.Is(err, resource.ErrMarkerExists) {
-		var row resource.Marker
-		octx, op := s.tel.Op(ctx, tracing.OpReadMarker, primary)
-		row, err = primary.ReadMarker(octx, t.GTID)
-		op.End(err)
-		if errors.Is(err, resource.ErrNoMarker) {
-			// The row that beat the fence is gone already: the coordinator
-			// finished and cleaned up. The next scan sees the outcome.
-			t.Action, t.Reason, t.lateDecision = ActionWait, "the fence met a marker row that is gone now; next scan re-reads", true
-			return
-		}
-		if err == nil {
-			// The decision was learned after the branch listing, so the
-			// listing proves nothing about branches prepared since: this
-			// scan must not collect the marker rows.
-			t.lateDecision = true
-			t.Markers[t.Primary] = row
-			if row.State == resource.StatePreCommit {
-				t.Action, t.Reason = ActionCommit, "fence lost to the coordinator's precommit row"
-				s.finish(ctx, t, true, dry)
-			} else {
-				t.Action, t.Reason = ActionRollback, "abort row at the primary (another scanner fenced)"
-				s.finish(ctx, t, false, dry)
-			}
-			return
-		}
-	}
-	if err != nil {
-		// The insert's outcome may be unknown: the next scan reads it.
-		t.Action, t.Reason, t.Err = ActionInDoubt, "fence at the primary failed", err
-		return
-	}
-	t.Markers[t.Primary] = resource.Marker{GTID: t.GTID, State: resource.StateAbort, Primary: t.Primary, Participants: t.Participants}
-	t.Action, t.Reason = ActionFence, "no marker row; fenced at the primary"
-	s.finish(ctx, t, false, dry)
-}
-
-// finish commits or rolls back every prepared branch found.
-func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool) {
-	if dry {
-		return
-	}
-	s.each(len(t.Branches), func(i int) {
-		b := &t.Branches[i]
-		r := s.res[b.Resource]
-		var err error
-		if commit {
-			octx, op := s.tel.Op(ctx, tracing.OpCommitPrepared, r)
-			err = r.CommitPrepared(octx, b.XID)
-			op.End(err)
-		} else {
-			octx, op := s.tel.Op(ctx, tracing.OpRollbackPrepared, r)
-			err = r.RollbackPrepared(octx, b.XID)
-			op.End(err)
-		}
-		if errors.Is(err, resource.ErrUnknownBranch) {
-			// Gone, or held by a live session: re-read rather than
-			// assume it is finished.
-			err = stillPrepared(ctx, r, b.XID)
-		}
-		b.Done, b.Err = err == nil, err
-	})
-}
-
-func stillPrepared(ctx context.Context, r resource.Resource, xid resource.XID) error {
-	list, err := r.Recover(ctx)
-	if err != nil {
-		return err
-	}
-	for _, p := range list {
-		if p.XID == xid {
-			return fmt.Errorf("%w: still prepared (busy in another session)", resource.ErrBranchBusy)
-		}
-	}
-	return nil
-}
-
-// collect deletes marker rows that nothing needs any more: every branch
-// is finished and every participant was scanned. Abort rows stay for the
-// retention period.
-func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[string]error, dry bool) {
-	if len(t.Markers) == 0 {
-		return
-	}
-	for _, p := range t.Participants {
-		if _, ok := s.res[p]; !ok || unreachable[p] != nil {
-			if t.Action == "" {
-				t.Action, t.Reason = ActionWait, fmt.Sprintf("marker rows kept: participant %q not scanned", p)
-			}
-			return
-		}
-	}
-	if row, ok := t.Markers[t.Primary]; ok && row.State == resource.StateAbort && !seeded.EarlyAbortCleanup.Load() {
-		if s.opts.clock.Now().Sub(row.CreatedAt) < s.opts.retention || t.Age < s.opts.retention {
-			if t.Action == "" {
-				t.Action, t.Reason = ActionWait, fmt.Sprintf("abort row kept for the retention period (%v)", s.opts.retention)
-			}
-			return
-		}
-	}
-	if dry {
-		if t.Action == "" {
-			t.Action, t.Reason = ActionCollect, "no prepared branch left: would delete the marker rows"
-		}
-		return
-	}
-	// Non-primary rows first, the primary's last.
-	holders := slices.Sorted(maps.Keys(t.Markers))
-	sort.SliceStable(holders, func(i, j int) bool { return holders[j] == t.Primary && holders[i] != t.Primary })
-	for _, n := range holders {
-		octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, s.res[n])
-		err := s.res[n].DeleteMarkers(octx, t.GTID)
-		op.End(err)
-		if err != nil {
-			t.Err = fmt.Errorf("deleting marker at %q: %w", n, err)
-			return
-		}
-	}
-	if t.Action == "" {
-		t.Action, t.Reason = ActionCollect, "no prepared branch left"
-	}
+// ours reports whether a marker row's namespace tag is the scanner's.
+// Rows written before namespaces existed belong to the default one.
+func (s *Scanner) ours(space string) bool {
+	return space == s.opts.space || space == "" && s.opts.space == resource.SpaceTag("")
 }
 
 func (s *Scanner) log(t *TxReport, dry bool) {
@@ -528,7 +421,10 @@ func (s *Scanner) log(t *TxReport, dry bool) {
 		return
 	}
 	lvl := slog.LevelInfo
-	if !t.Resolved() {
+	switch {
+	case t.Action == ActionHeuristic:
+		lvl = slog.LevelError
+	case !t.Resolved():
 		lvl = slog.LevelWarn
 	}
 	var errs []string
@@ -539,7 +435,7 @@ func (s *Scanner) log(t *TxReport, dry bool) {
 	}
 	s.opts.logger.Log(context.Background(), lvl, "threepc/recovery: transaction", "gtid", t.GTID, "action", t.Action,
 		"reason", t.Reason, "age", t.Age.Round(time.Millisecond), "primary", t.Primary, "branches", len(t.Branches),
-		"dry_run", dry, "err", t.Err, "branch_errors", strings.Join(errs, "; "))
+		"dry_run", dry, "err", t.Err, "branch_errors", strings.Join(errs, "; "), "lost", strings.Join(t.Lost, ","))
 }
 
 // Run scans every interval until ctx is done, backing off (up to 16

@@ -22,10 +22,11 @@ const (
 	OutcomeAborted                      // rolled back: an abort, or the caller's Rollback
 	OutcomeInDoubt                      // the decision's outcome is unknown; recovery will finish it
 	OutcomeCommitPending                // decided to commit; recovery will commit the rest
+	OutcomeHeuristic                    // decided to commit; a branch contradicts the decision
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"committed", "aborted", "in_doubt", "commit_pending"}
+var outcomeNames = [numOutcomes]string{"committed", "aborted", "in_doubt", "commit_pending", "heuristic"}
 
 func (o Outcome) String() string {
 	if o < numOutcomes {

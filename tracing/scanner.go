@@ -174,6 +174,9 @@ func (s *Scanner) StartResolve(ctx context.Context, gtid string) (context.Contex
 // recovery).
 const actionInDoubt = "in-doubt"
 
+// actionHeuristic is recovery.ActionHeuristic.
+const actionHeuristic = "heuristic"
+
 // Resolution is what a scan did for one global transaction.
 type Resolution struct {
 	Action       string // recovery.Action
@@ -214,6 +217,9 @@ func (rs ResolveSpan) End(r Resolution) {
 			s.recordError(rs.span, r.Err)
 		case r.Action == actionInDoubt:
 			rs.span.SetAttributes(keyErrorType.String("in_doubt"))
+			rs.span.SetStatus(codes.Error, r.Reason)
+		case r.Action == actionHeuristic:
+			rs.span.SetAttributes(keyErrorType.String("heuristic"))
 			rs.span.SetStatus(codes.Error, r.Reason)
 		}
 	}

@@ -185,13 +185,15 @@ const (
 	OpDeleteMarkers                     // Resource.DeleteMarkers
 	OpRecover                           // Resource.Recover
 	OpCommitWithMarker                  // resource.MarkerCommitter (logging last resource)
+	OpTombstone                         // Resource.Tombstone
+	OpCommitted                         // Resource.Committed (reading a branch's evidence)
 	numOps
 )
 
 var opNames = [numOps]string{
 	"begin", "prepare", "commit", "commit_prepared", "commit_one_phase", "rollback",
 	"rollback_prepared", "insert_marker", "read_marker", "list_markers", "delete_markers", "recover",
-	"commit_with_marker",
+	"commit_with_marker", "tombstone", "committed",
 }
 
 var opSpanNames = func() (s [numOps]string) {
@@ -216,6 +218,7 @@ type ErrorType struct {
 
 var resourceErrorTypes = []ErrorType{
 	{resource.ErrUnknownBranch, "unknown_branch"},
+	{resource.ErrHeuristic, "heuristic"},
 	{resource.ErrBranchExists, "branch_exists"},
 	{resource.ErrPrepareRefused, "prepare_refused"},
 	{resource.ErrBranchBusy, "branch_busy"},

@@ -2,16 +2,18 @@ package txmanager
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/threepc/threepc/tracing"
 )
 
-// cleaner deletes marker rows in the background, in batches per resource
-// (WithAsyncCleanup). Deleting a committed transaction's rows late is as
-// safe as a coordinator dying before its clean-up: recovery collects
-// whatever is left.
+// cleaner settles marker rows in the background, in batches per resource
+// (WithAsyncCleanup): first the primaries' decision rows become
+// tombstones, then the other participants' rows are deleted. Settling a
+// committed transaction's rows late is as safe as a coordinator dying
+// before its clean-up: recovery settles whatever is left.
 type cleaner struct {
 	m     *Manager
 	queue chan cleanupJob
@@ -24,8 +26,9 @@ type cleaner struct {
 }
 
 type cleanupJob struct {
-	gtid     string
-	markedAt []string
+	gtid    string
+	primary string
+	others  []string // participants but the primary
 }
 
 const (
@@ -62,10 +65,11 @@ func (c *cleaner) enqueue(j cleanupJob) bool {
 func (c *cleaner) loop() {
 	defer close(c.done)
 	for j := range c.queue {
-		batch := map[string][]string{}
+		batch := cleanupBatch{primaries: map[string][]string{}, others: map[string][]string{}}
 		add := func(j cleanupJob) {
-			for _, name := range j.markedAt {
-				batch[name] = append(batch[name], j.gtid)
+			batch.primaries[j.primary] = append(batch.primaries[j.primary], j.gtid)
+			for _, name := range j.others {
+				batch.others[name] = append(batch.others[name], j.gtid)
 			}
 		}
 		add(j)
@@ -87,12 +91,40 @@ func (c *cleaner) loop() {
 	}
 }
 
-func (c *cleaner) flush(batch map[string][]string) {
+// cleanupBatch is the gtids to settle, by resource.
+type cleanupBatch struct {
+	primaries map[string][]string // decision rows to turn into tombstones
+	others    map[string][]string // rows to delete
+}
+
+func (c *cleaner) flush(batch cleanupBatch) {
 	m := c.m
 	ctx, cancel := context.WithTimeout(context.Background(), m.opts.cleanupTimeout)
 	defer cancel()
+	// A gtid's other rows go only once its decision row is a tombstone.
+	settled := map[string]bool{}
+	var mu sync.Mutex
 	var wg sync.WaitGroup
-	for name, gtids := range batch {
+	for name, gtids := range batch.primaries {
+		wg.Go(func() {
+			err := m.settlePrimary(ctx, name, gtids...)
+			if err != nil {
+				m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "resource", name, "transactions", len(gtids), "err", err)
+				return
+			}
+			mu.Lock()
+			for _, g := range gtids {
+				settled[g] = true
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	for name, gtids := range batch.others {
+		gtids = slices.DeleteFunc(gtids, func(g string) bool { return !settled[g] })
+		if len(gtids) == 0 {
+			continue
+		}
 		wg.Go(func() {
 			octx, op := m.tel.Op(ctx, tracing.OpDeleteMarkers, m.res[name])
 			err := m.res[name].DeleteMarkers(octx, gtids...)

@@ -112,12 +112,15 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 	if err := tx.checkDeadline(ctx); err != nil {
 		return tx.abort(ctx, live, "", resource.PhaseDecide, err)
 	}
+	// The participants are the branches that still need their commit:
+	// read-only voters are finished and leave no evidence to look for.
 	marker := resource.Marker{
 		GTID:         tx.gtid,
 		State:        resource.StatePreCommit,
 		Primary:      tx.primary,
-		Participants: participantNames(branches),
+		Participants: participantNames(live),
 		Owner:        m.opts.instanceID,
+		Space:        m.opts.space,
 	}
 	if m.opts.protocol == ThreePC && seeded.EarlyPreCommit.Load() {
 		tx.preCommit(ctx, marker, live)
@@ -145,14 +148,13 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		tx.closeBranch(live[0]) // committed with the decision
 		live = live[1:]
 	}
-	markedAt := []string{tx.primary}
 	if m.opts.protocol == ThreePC {
-		markedAt = append(markedAt, tx.preCommit(ctx, marker, live)...)
+		tx.preCommit(ctx, marker, live)
 	}
 	if err := tx.commitAll(ctx, live); err != nil {
 		return err
 	}
-	tx.cleanup(ctx, markedAt)
+	tx.cleanup(ctx, marker.Participants)
 	return nil
 }
 
@@ -250,7 +252,7 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 			op.End(err)
 			if err == nil {
 				cancel()
-				if row.State == resource.StatePreCommit {
+				if row.State != resource.StateAbort {
 					return nil // our own earlier attempt got in
 				}
 				return ErrFenced
@@ -302,12 +304,17 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 	fence := marker
 	fence.State = resource.StateAbort
 	lastErr := err
-	// The fence is always safe to attempt, so it is bounded by the decide
-	// timeout from now rather than by the decision deadline.
-	giveUp := m.opts.clock.Now().Add(m.opts.decideTimeout)
+	// The fence is safe only while the decision row, had the commit gone
+	// in, is sure to be there: recovery keeps it for its retention
+	// period, hours, and this fence gives up after one more decide
+	// timeout, on the monotonic clock (Manager.DecisionWindow).
+	giveUp := decisionDeadline.Add(m.opts.decideTimeout)
+	if seeded.FenceWithoutDeadline.Load() {
+		giveUp = m.opts.clock.Now().Add(24 * time.Hour)
+	}
 	for attempt := 1; m.opts.clock.Now().Before(giveUp); attempt++ {
 		m.opts.logger.Warn("threepc: outcome of the primary's commit unknown, fencing", "gtid", tx.gtid, "primary", tx.primary, "attempt", attempt, "err", lastErr)
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.decideTimeout)
+		fctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(giveUp.Sub(m.opts.clock.Now())))
 		err := primary.InsertMarker(fctx, fence)
 		if err == nil {
 			cancel()
@@ -318,8 +325,8 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 			row, err = primary.ReadMarker(fctx, tx.gtid)
 			if err == nil {
 				cancel()
-				if row.State == resource.StatePreCommit {
-					return nil
+				if row.State != resource.StateAbort {
+					return nil // precommit, or already a committed tombstone
 				}
 				return ErrFenced
 			}
@@ -334,9 +341,8 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 }
 
 // preCommit writes the precommit row at every non-primary participant
-// (3PC). Failures do not abort: the decision is already made. It returns
-// where rows went in.
-func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*branch) []string {
+// (3PC). Failures do not abort: the decision is already made.
+func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*branch) {
 	m := tx.m
 	var others []*branch
 	for _, b := range live {
@@ -360,19 +366,18 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 		return m.failpoint(cctx, AfterPreCommit, tx.gtid, b.xid.Branch)
 	})
 	phase.End(errors.Join(errs...))
-	var marked []string
 	for i, err := range errs {
 		if err != nil {
 			m.opts.logger.Warn("threepc: pre-commit marker not written; recovery may need the primary", "gtid", tx.gtid, "resource", others[i].xid.Branch, "err", err)
-			continue
 		}
-		marked = append(marked, others[i].xid.Branch)
 	}
-	return marked
 }
 
 // commitAll commits every prepared branch, retrying within the commit
-// timeout. ctx is already detached from the caller's cancellation.
+// timeout. ctx is already detached from the caller's cancellation. A
+// branch counts as committed only on the driver's proof (resource.Branch
+// Commit): a branch gone without its evidence is a heuristic outcome,
+// reported as such, and its marker rows stay for recovery.
 func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 	m := tx.m
 	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCommit)
@@ -392,46 +397,40 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 		return m.failpoint(cctx, AfterCommit, tx.gtid, b.xid.Branch)
 	})
 	phase.End(errors.Join(errs...))
-	var pending []string
+	var pending, lost []string
 	for i, err := range errs {
-		if err != nil {
+		switch {
+		case err == nil:
+		case errors.Is(err, resource.ErrHeuristic):
+			lost = append(lost, live[i].xid.Branch)
+			m.opts.logger.Error("threepc: heuristic outcome: a branch of a transaction decided to commit is gone without the evidence of its commit; its marker rows are kept (see `threepc inspect`)",
+				"gtid", tx.gtid, "resource", live[i].xid.Branch, "err", err)
+		default:
 			pending = append(pending, live[i].xid.Branch)
 		}
 	}
-	if len(pending) == 0 {
-		return nil
+	switch {
+	case len(lost) > 0:
+		return &HeuristicError{GTID: tx.gtid, Branches: lost, Pending: pending, Err: errors.Join(errs...)}
+	case len(pending) > 0:
+		return &CommitPendingError{GTID: tx.gtid, Pending: pending, Err: errors.Join(errs...)}
 	}
-	return &CommitPendingError{GTID: tx.gtid, Pending: pending, Err: errors.Join(errs...)}
+	return nil
 }
 
 // commitBranch commits one prepared branch: on its own connection first,
-// then by id from the pool, until ctx expires.
+// then by id from the pool, until the commit timeout. Only the driver's
+// nil (an authoritative answer or the branch's evidence) ends it early;
+// a heuristic outcome is final.
 func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 	m := tx.m
 	giveUp := m.opts.clock.Now().Add(m.opts.commitTimeout)
 	err := b.b.Commit(ctx)
 	for attempt := 1; err != nil; attempt++ {
-		if !m.opts.clock.Now().Before(giveUp) {
+		if errors.Is(err, resource.ErrHeuristic) || !m.opts.clock.Now().Before(giveUp) {
 			return err
 		}
 		tracing.Retry(ctx, attempt, err)
-		if errors.Is(err, resource.ErrUnknownBranch) {
-			// After the decision nobody can roll the branch back, so a
-			// branch that is no longer prepared was committed by
-			// recovery. Confirm it is gone rather than assume it.
-			still, lerr := isPrepared(ctx, b)
-			if lerr == nil && !still {
-				// Expected only while a recovery scanner runs; said
-				// aloud, because a database that dropped a prepared
-				// branch would look exactly like this.
-				tx.m.opts.logger.Warn("threepc: branch no longer prepared after the decision; taking it as committed by recovery",
-					"gtid", tx.gtid, "resource", b.xid.Branch, "err", err)
-				return nil
-			}
-			if lerr != nil {
-				err = errors.Join(err, lerr)
-			}
-		}
 		if serr := m.opts.sleep(ctx, backoff(attempt)); serr != nil {
 			return errors.Join(err, serr)
 		}
@@ -441,22 +440,13 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 	return nil
 }
 
-func isPrepared(ctx context.Context, b *branch) (bool, error) {
-	list, err := b.res.Recover(ctx)
-	if err != nil {
-		return false, err
-	}
-	for _, p := range list {
-		if p.XID == b.xid {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-// cleanup deletes the transaction's marker rows once every branch is
-// committed. Rows it cannot delete are collected by recovery.
-func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
+// cleanup settles the marker rows once every branch is proven committed:
+// the primary's decision row becomes a tombstone (it must outlive any
+// scan or self-fence that could still act on its absence), then the other
+// participants' rows (precommit markers, evidence) are deleted. The order
+// matters: while the primary still says precommit, a scan needs every
+// branch's evidence. Rows left behind are settled by recovery.
+func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 	m := tx.m
 	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCleanup)
 	defer phase.End(nil)
@@ -465,13 +455,16 @@ func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
 	if err := m.failpoint(cctx, BeforeCleanup, tx.gtid, tx.primary); err != nil {
 		return
 	}
-	if m.cleaner != nil && m.cleaner.enqueue(cleanupJob{gtid: tx.gtid, markedAt: markedAt}) {
+	others := slices.DeleteFunc(slices.Clone(participants), func(n string) bool { return n == tx.primary })
+	if m.cleaner != nil && m.cleaner.enqueue(cleanupJob{gtid: tx.gtid, primary: tx.primary, others: others}) {
 		return
 	}
-	// In any order: every branch is committed, so a row left behind
-	// (primary's or not) decides nothing any more, and recovery collects it.
-	m.each(len(markedAt), func(i int) {
-		r := m.res[markedAt[i]]
+	if err := m.settlePrimary(cctx, tx.primary, tx.gtid); err != nil {
+		m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", tx.primary, "err", err)
+		return
+	}
+	m.each(len(others), func(i int) {
+		r := m.res[others[i]]
 		octx, op := m.tel.Op(cctx, tracing.OpDeleteMarkers, r)
 		err := r.DeleteMarkers(octx, tx.gtid)
 		op.End(err)
@@ -480,6 +473,22 @@ func (tx *Tx) cleanup(ctx context.Context, markedAt []string) {
 		}
 	})
 	_ = m.failpoint(cctx, AfterCleanup, tx.gtid, tx.primary)
+}
+
+// settlePrimary turns the primary's decision rows of gtids into
+// tombstones.
+func (m *Manager) settlePrimary(ctx context.Context, primary string, gtids ...string) error {
+	r := m.res[primary]
+	if seeded.DeleteDecisionRow.Load() {
+		octx, op := m.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+		err := r.DeleteMarkers(octx, gtids...)
+		op.End(err)
+		return err
+	}
+	octx, op := m.tel.Op(ctx, tracing.OpTombstone, r)
+	err := r.Tombstone(octx, gtids...)
+	op.End(err)
+	return err
 }
 
 // abort rolls back branches and returns the AbortError.

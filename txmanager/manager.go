@@ -96,10 +96,13 @@ func (m *Manager) Resources() []string {
 func (m *Manager) Protocol() Protocol { return m.opts.protocol }
 
 // DecisionWindow is the longest time after Begin at which this manager
-// may still record a commit decision. A recovery scanner's in-flight
-// horizon should be longer, or it may abort transactions that were about
-// to commit (safe, but wasteful).
-func (m *Manager) DecisionWindow() time.Duration { return m.opts.timeout + m.opts.decideTimeout }
+// may still record a commit decision or, after a logging-last-resource
+// commit whose answer was lost, fence itself: the transaction timeout,
+// then the decide timeout for the decision and one more for the fence. A
+// recovery scanner's in-flight horizon should be longer, or it aborts
+// transactions that were about to commit (safe, but wasteful); its
+// retention of decision rows must be far longer (it is: hours).
+func (m *Manager) DecisionWindow() time.Duration { return m.opts.timeout + 2*m.opts.decideTimeout }
 
 // Check runs every resource's start-up check and joins their errors.
 func (m *Manager) Check(ctx context.Context) error {

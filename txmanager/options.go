@@ -3,6 +3,7 @@ package txmanager
 import (
 	"context"
 	"fmt"
+	"github.com/threepc/threepc/resource"
 	"log/slog"
 	"os"
 	"time"
@@ -55,6 +56,7 @@ type options struct {
 	commitTimeout  time.Duration
 	cleanupTimeout time.Duration
 	instanceID     string
+	space          string // resource.SpaceTag of the namespace
 	clock          Clock
 	logger         *slog.Logger
 	failpoint      FailpointFunc
@@ -77,6 +79,7 @@ func defaultOptions() options {
 		commitTimeout:  DefaultCommitTimeout,
 		cleanupTimeout: DefaultCleanupTimeout,
 		instanceID:     fmt.Sprintf("%s/%d", host, os.Getpid()),
+		space:          resource.SpaceTag(""),
 		clock:          systemClock{},
 		logger:         slog.Default(),
 		onePhase:       true,
@@ -146,6 +149,23 @@ func WithInstanceID(id string) Option {
 			return fmt.Errorf("threepc: instance id must be 1 to 128 bytes, got %d", len(id))
 		}
 		o.instanceID = id
+		return nil
+	})
+}
+
+// WithNamespace sets the deployment's namespace (default ""), which every
+// branch id and marker row carries. Recovery finishes only branches of
+// its own namespace (recovery.WithNamespace), so deployments that share a
+// database, or share resource names on one server, do not finish each
+// other's transactions. Coordinators and scanners of one deployment must
+// use the same namespace. Resource names and namespaces together must be
+// unique per database server.
+func WithNamespace(ns string) Option {
+	return optionFunc(func(o *options) error {
+		if err := resource.ValidateNamespace(ns); err != nil {
+			return fmt.Errorf("threepc: %w", err)
+		}
+		o.space = resource.SpaceTag(ns)
 		return nil
 	})
 }

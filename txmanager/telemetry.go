@@ -25,6 +25,8 @@ func outcomeOf(err error) tracing.Outcome {
 	switch {
 	case err == nil:
 		return tracing.OutcomeCommitted
+	case errors.Is(err, ErrHeuristic):
+		return tracing.OutcomeHeuristic
 	case errors.Is(err, ErrCommitPending):
 		return tracing.OutcomeCommitPending
 	case errors.Is(err, ErrInDoubt):

@@ -91,7 +91,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	if primary == "" {
 		primary = name
 	}
-	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name}
+	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name, Space: tx.m.opts.space}
 	bctx, op := tx.m.tel.Op(tx.tel.Context(ctx), tracing.OpBegin, r)
 	rb, err := r.Begin(bctx, xid)
 	op.End(err)
@@ -99,7 +99,8 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		return nil, tx.fail(name, resource.PhaseBegin, tx.stmtError(err))
 	}
 	tx.primary = primary
-	b := &branch{res: r, b: rb, xid: xid}
+	// The driver may complete the id (MySQL records the session in it).
+	b := &branch{res: r, b: rb, xid: rb.XID()}
 	tx.branches[name] = b
 	tx.order = append(tx.order, b)
 	return rb, nil
