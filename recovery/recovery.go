@@ -51,6 +51,11 @@ const (
 	// coordinator's decision deadline, so that a paused coordinator can
 	// never decide commit after recovery rolled its branches back.
 	DefaultRetention = 24 * time.Hour
+	// DefaultTombstoneRetention: committed tombstones (one per committed
+	// transaction, so many more than abort rows) are kept this long:
+	// longer than any coordinator's decision window and than the scan
+	// deadline, so that no stale fence can meet their absence.
+	DefaultTombstoneRetention = 15 * time.Minute
 	// MinRetention is the shortest retention accepted.
 	MinRetention = time.Minute
 	// DefaultScanDeadline: a scan does not fence after running this long
@@ -76,6 +81,7 @@ func (f optionFunc) apply(o *options) error { return f(o) }
 type options struct {
 	horizon    time.Duration
 	retention  time.Duration
+	tombstones time.Duration // retention of committed tombstones
 	clock      Clock
 	logger     *slog.Logger
 	instanceID string
@@ -143,6 +149,19 @@ func WithScanDeadline(d time.Duration) Option {
 	})
 }
 
+// WithTombstoneRetention sets how long committed tombstones are kept
+// (default DefaultTombstoneRetention, at least MinRetention and twice the
+// scan deadline).
+func WithTombstoneRetention(d time.Duration) Option {
+	return optionFunc(func(o *options) error {
+		if d < MinRetention {
+			return fmt.Errorf("threepc/recovery: tombstone retention %v is shorter than %v", d, MinRetention)
+		}
+		o.tombstones = d
+		return nil
+	})
+}
+
 // WithClock sets the clock (for tests).
 func WithClock(c Clock) Option {
 	return optionFunc(func(o *options) error { o.clock = c; return nil })
@@ -177,7 +196,7 @@ type Scanner struct {
 // unresolvable when it is their primary).
 func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 	s := &Scanner{res: map[string]resource.Resource{}, opts: options{
-		horizon: DefaultHorizon, retention: DefaultRetention, clock: systemClock{},
+		horizon: DefaultHorizon, retention: DefaultRetention, tombstones: DefaultTombstoneRetention, clock: systemClock{},
 		logger: slog.Default(), instanceID: "recovery", space: resource.SpaceTag(""),
 		deadline: DefaultScanDeadline,
 	}}
@@ -186,8 +205,8 @@ func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 			return nil, err
 		}
 	}
-	if s.opts.retention < 2*s.opts.deadline {
-		return nil, fmt.Errorf("threepc/recovery: retention %v must be at least twice the scan deadline %v: a slow scan must never fence after its tombstones are collected", s.opts.retention, s.opts.deadline)
+	if min(s.opts.retention, s.opts.tombstones) < 2*s.opts.deadline {
+		return nil, fmt.Errorf("threepc/recovery: retention %v and tombstone retention %v must be at least twice the scan deadline %v: a slow scan must never fence after the rows it read are collected", s.opts.retention, s.opts.tombstones, s.opts.deadline)
 	}
 	for _, r := range resources {
 		if err := resource.ValidateName(r.Name()); err != nil {
@@ -244,6 +263,7 @@ type TxReport struct {
 	Err    error
 
 	lateDecision bool // the deciding row was read after the branch listing
+	collect      bool // delete its rows at the end of the scan
 }
 
 // Resolved reports whether the transaction needs nothing more.
@@ -388,7 +408,12 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 		s.resolve(rctx, t, rep.Unreachable, dry, fenceBy)
 		span.End(resolution(t, dry))
 		rep.Transactions = append(rep.Transactions, *t)
-		s.log(t, dry)
+	}
+	if !dry {
+		s.collectBatch(ctx, rep.Transactions)
+	}
+	for i := range rep.Transactions {
+		s.log(&rep.Transactions[i], dry)
 	}
 	rep.Duration = s.opts.clock.Now().Sub(rep.Started)
 	return rep, nil
@@ -422,6 +447,8 @@ func (s *Scanner) log(t *TxReport, dry bool) {
 	}
 	lvl := slog.LevelInfo
 	switch {
+	case t.Action == ActionCollect && t.Err == nil:
+		lvl = slog.LevelDebug // one per committed transaction: routine
 	case t.Action == ActionHeuristic:
 		lvl = slog.LevelError
 	case !t.Resolved():

@@ -288,7 +288,7 @@ func (s *Scanner) settle(ctx context.Context, t *TxReport, unreachable map[strin
 			return
 		}
 	}
-	s.deleteRows(ctx, t, unreachable, false)
+	s.deleteRows(ctx, t, unreachable)
 	if t.Err == nil {
 		t.Reason += "; every branch proven committed"
 	}
@@ -308,15 +308,15 @@ func (s *Scanner) settled(ctx context.Context, t *TxReport, unreachable map[stri
 		return
 	}
 	row := t.Markers[t.Primary]
-	if row.Age >= s.opts.retention {
+	if row.Age >= s.opts.tombstones {
 		s.collect(ctx, t, unreachable, dry)
 		return
 	}
 	if len(t.Markers) > 1 && !dry {
-		s.deleteRows(ctx, t, unreachable, false)
+		s.deleteRows(ctx, t, unreachable)
 	}
 	if t.Action == "" {
-		t.Action, t.Reason = ActionWait, fmt.Sprintf("committed; the primary's tombstone is kept for the retention period (%v)", s.opts.retention)
+		t.Action, t.Reason = ActionWait, fmt.Sprintf("committed; the primary's tombstone is kept for the retention period (%v)", s.opts.tombstones)
 	}
 }
 
@@ -335,11 +335,17 @@ func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[stri
 			return
 		}
 	}
-	if row, ok := t.Markers[t.Primary]; ok && row.Age < s.opts.retention && !seeded.EarlyAbortCleanup.Load() {
-		if t.Action == "" {
-			t.Action, t.Reason = ActionWait, fmt.Sprintf("%s row kept for the retention period (%v)", row.State, s.opts.retention)
+	if row, ok := t.Markers[t.Primary]; ok && !seeded.EarlyAbortCleanup.Load() {
+		keep := s.opts.retention
+		if row.State == resource.StateCommitted {
+			keep = s.opts.tombstones
 		}
-		return
+		if row.Age < keep {
+			if t.Action == "" {
+				t.Action, t.Reason = ActionWait, fmt.Sprintf("%s row kept for the retention period (%v)", row.State, keep)
+			}
+			return
+		}
 	}
 	if dry {
 		if t.Action == "" {
@@ -347,19 +353,61 @@ func (s *Scanner) collect(ctx context.Context, t *TxReport, unreachable map[stri
 		}
 		return
 	}
-	s.deleteRows(ctx, t, unreachable, true)
-	if t.Action == "" && t.Err == nil {
+	// Deleted in batches at the end of the scan (collectBatch): at one
+	// tombstone per committed transaction, one statement per gtid would
+	// not keep up.
+	t.collect = true
+	if t.Action == "" {
 		t.Action, t.Reason = ActionCollect, "finished, retention passed: marker rows deleted"
 	}
 }
 
-// deleteRows deletes the gtid's rows at every participant but the primary
-// and, with primaryToo, at the primary last.
-func (s *Scanner) deleteRows(ctx context.Context, t *TxReport, unreachable map[string]error, primaryToo bool) {
-	names := slices.DeleteFunc(slices.Clone(t.Participants), func(n string) bool { return n == t.Primary })
-	if primaryToo {
-		names = append(names, t.Primary)
+// collectBatch deletes the rows of every transaction marked for
+// collection: first at every participant but the primary, then at the
+// primaries, one statement per resource and round (DeleteMarkers batches
+// large lists itself). A failure leaves the rows to the next scan.
+func (s *Scanner) collectBatch(ctx context.Context, txs []TxReport) {
+	for _, primaries := range []bool{false, true} {
+		by := map[string][]int{} // resource -> indexes into txs
+		for i := range txs {
+			t := &txs[i]
+			if !t.collect || t.Err != nil {
+				continue
+			}
+			for _, p := range t.Participants {
+				if (p == t.Primary) == primaries {
+					by[p] = append(by[p], i)
+				}
+			}
+		}
+		names := slices.Sorted(maps.Keys(by))
+		errs := make([]error, len(names))
+		s.each(len(names), func(k int) {
+			r := s.res[names[k]]
+			gtids := make([]string, len(by[names[k]]))
+			for j, i := range by[names[k]] {
+				gtids[j] = txs[i].GTID
+			}
+			octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+			errs[k] = r.DeleteMarkers(octx, gtids...)
+			op.End(errs[k])
+		})
+		for k, err := range errs {
+			if err == nil {
+				continue
+			}
+			s.opts.logger.Warn("threepc/recovery: marker rows not collected; the next scan retries", "resource", names[k], "transactions", len(by[names[k]]), "err", err)
+			for _, i := range by[names[k]] {
+				txs[i].Err = fmt.Errorf("deleting rows at %q: %w", names[k], err)
+			}
+		}
 	}
+}
+
+// deleteRows deletes the gtid's rows at every participant but the
+// primary.
+func (s *Scanner) deleteRows(ctx context.Context, t *TxReport, unreachable map[string]error) {
+	names := slices.DeleteFunc(slices.Clone(t.Participants), func(n string) bool { return n == t.Primary })
 	for _, n := range names {
 		r, ok := s.res[n]
 		if !ok || unreachable[n] != nil {
