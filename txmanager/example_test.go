@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"log"
+	"time"
 
 	"github.com/threepc/threepc/drivers/mysql"
 	"github.com/threepc/threepc/drivers/postgres"
@@ -42,7 +43,7 @@ func Example() {
 	if _, err := sc.ScanOnce(ctx); err != nil {
 		log.Fatal(err)
 	}
-	go sc.Run(ctx, recovery.DefaultHorizon, nil)
+	go sc.Run(ctx, time.Minute, nil) // scan every minute
 
 	err = m.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
 		if _, err := tx.DB("orders").ExecContext(ctx,
@@ -64,6 +65,10 @@ func Example() {
 	case errors.Is(err, txmanager.ErrInDoubt):
 		// Unknown; recovery decides one way for every branch. Do not retry
 		// blindly: check the outcome first.
+	case errors.Is(err, txmanager.ErrHeuristic):
+		// Decided to commit, but a branch contradicts the decision (rolled
+		// back outside threepc, or lost by its server): an operator's job,
+		// see `threepc inspect`. Do not retry.
 	}
 }
 
