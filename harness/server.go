@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -48,6 +49,9 @@ type Server struct {
 	mu     sync.Mutex
 	proc   *process // nil when not running
 	closed bool
+	// unreserve gives up the reservation of port (see reservePort); nil
+	// when there is none.
+	unreserve func()
 }
 
 // process is one running server process.
@@ -77,9 +81,15 @@ var (
 )
 
 // Start creates a fresh data directory for kind in a new temporary
-// directory, starts the server on a free 127.0.0.1 port and waits until it
-// accepts connections. The caller must Close the server.
+// directory, starts the server on a free 127.0.0.1 port below the
+// ephemeral range and waits until it accepts connections. When the port
+// turns out to be taken, Start tries a few others. The caller must Close
+// the server.
 func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
+	return startWith(ctx, kind, opts, pickPort)
+}
+
+func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*Server, error) {
 	if kind != Postgres && kind != MariaDB {
 		return nil, fmt.Errorf("harness: unknown server kind %q", kind)
 	}
@@ -143,12 +153,12 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 		return nil, err
 	}
 	t1 := time.Now()
-	// The free port is found by binding and closing, so another process
-	// can take it before the server binds; a few fresh attempts make that
-	// race harmless.
+	// The port is found free by binding and closing, so a program that
+	// binds ports by number can take it before the server binds, or
+	// already listen on it in a way the check misses; then the server
+	// fails to bind, and a fresh port is tried.
 	for attempt := 1; ; attempt++ {
-		s.port, err = freePort()
-		if err != nil {
+		if err := s.takePort(pick); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -156,7 +166,8 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 		if err == nil {
 			break
 		}
-		if attempt < 3 && errors.Is(err, errPortInUse) {
+		if attempt < maxPortAttempts && isPortConflict(err) {
+			s.logf("harness: %s: port %d taken (attempt %d), trying another: %v", kind, s.port, attempt, firstLine(err))
 			continue
 		}
 		if !fromTemplate {
@@ -343,6 +354,10 @@ func (s *Server) Close() error {
 	if err == nil && s.kind == Postgres {
 		removeSysVSegment(s.dataDir)
 	}
+	if s.unreserve != nil {
+		s.unreserve()
+		s.unreserve = nil
+	}
 	if rerr := os.RemoveAll(s.dir); rerr != nil && err == nil {
 		err = fmt.Errorf("harness: %w", rerr)
 	}
@@ -526,16 +541,49 @@ func tailLines(b []byte, n int) string {
 
 var errPortInUse = errors.New("harness: port already in use")
 
-func isBindError(log string) bool {
-	return bytes.Contains([]byte(log), []byte("Address already in use"))
+// isPortConflict reports whether a start failed because its port was not
+// the server's to have, so that another port may work.
+func isPortConflict(err error) bool {
+	return errors.Is(err, errPortInUse)
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("harness: find a free port: %w", err)
+// bindErrors are how the servers log a failed bind of their TCP port:
+// PostgreSQL 'could not bind IPv4 address "127.0.0.1": Address already in
+// use' then 'could not create any TCP/IP sockets', MariaDB "Can't start
+// server: Bind on TCP/IP port. Got error: 98: Address already in use".
+var bindErrors = []string{
+	"Address already in use",
+	"could not bind",
+	"could not create any TCP/IP sockets",
+	"Bind on TCP/IP port",
+}
+
+func isBindError(log string) bool {
+	for _, e := range bindErrors {
+		if strings.Contains(log, e) {
+			return true
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return false
+}
+
+// takePort gives up the server's port, if any, and picks another.
+func (s *Server) takePort(pick portPicker) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unreserve != nil {
+		s.unreserve()
+		s.unreserve = nil
+	}
+	port, release, err := pick()
+	if err != nil {
+		return err
+	}
+	s.port, s.unreserve = port, release
+	return nil
+}
+
+func firstLine(err error) string {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return line
 }
