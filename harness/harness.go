@@ -8,7 +8,8 @@
 // range, where no outgoing connection can take them, and reserved with a
 // lock file in the temporary directory (threepc-ports) against other test
 // binaries for the server's life, across Kill and Restart. A start whose
-// port turns out taken is retried on another.
+// port turns out taken is retried on another; a start or restart succeeds
+// only once the server answering on the port reports our data directory.
 //
 // Users of threepc can use it in their own tests:
 //

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -123,12 +125,17 @@ func startWithPicker(t *testing.T, kind Kind, pick portPicker) *Server {
 	return s
 }
 
-// checkUp fails unless s answers.
-func checkUp(t *testing.T, s *Server) {
+// checkOurs fails unless the server answering on s's port reports s's
+// data directory.
+func checkOurs(t *testing.T, s *Server) {
 	t.Helper()
-	if err := s.ping(context.Background()); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db := open(t, s, "")
+	if err := s.checkIdentity(ctx, db); err != nil {
 		t.Fatalf("server on %s: %v", s.Addr(), err)
 	}
+	db.Close()
 }
 
 // TestStartOnTakenPort: when another program listens on the port Start
@@ -170,7 +177,7 @@ func TestStartOnTakenPort(t *testing.T) {
 				t.Fatalf("picker called %d times, want a second port", n)
 			}
 			checkPortRange(t, s.port)
-			checkUp(t, s)
+			checkOurs(t, s)
 			b, err := os.ReadFile(s.LogPath())
 			if err != nil {
 				t.Fatal(err)
@@ -192,7 +199,7 @@ func TestStartOnTakenPort(t *testing.T) {
 			if err := s.Restart(ctx); err != nil {
 				t.Fatal(err)
 			}
-			checkUp(t, s)
+			checkOurs(t, s)
 
 			ours := s.port
 			if err := s.Close(); err != nil {
@@ -207,6 +214,79 @@ func TestStartOnTakenPort(t *testing.T) {
 	}
 }
 
+// foreignServer is a running server of kind started by the harness: the
+// shared one unless that is external (whose data directory is unknown).
+func foreignServer(t *testing.T, kind Kind) *Server {
+	t.Helper()
+	if s := Shared(t, kind); !s.External() {
+		return s
+	}
+	return startOwn(t, kind, Options{})
+}
+
+// TestStartBesideForeignServer: a server of the same kind, with the same
+// trusting admin user, already listens on the port Start picked. Its
+// pings succeed, but it is not ours: Start must not take it, and ends on
+// another port with its own server.
+func TestStartBesideForeignServer(t *testing.T) {
+	for _, kind := range []Kind{Postgres, MariaDB} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			foreign := foreignServer(t, kind)
+			picker := &takenFirst{port: foreign.port}
+			s := startWithPicker(t, kind, picker.pick)
+			if s.port == foreign.port || s.dataDir == foreign.dataDir {
+				t.Fatalf("Start took the foreign server on %s", foreign.Addr())
+			}
+			if n := picker.count(); n < 2 {
+				t.Fatalf("picker called %d times, want a second port", n)
+			}
+			checkPortRange(t, s.port)
+			checkOurs(t, s)
+		})
+	}
+}
+
+// TestWaitReadyRejectsForeignServer: waitReady pointed at a live server
+// with another data directory fails at once with errForeignServer, while
+// "our" process is still running, instead of taking it as ready.
+func TestWaitReadyRejectsForeignServer(t *testing.T) {
+	for _, kind := range []Kind{Postgres, MariaDB} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			foreign := foreignServer(t, kind)
+			s := &Server{
+				kind:      kind,
+				host:      foreign.host,
+				port:      foreign.port,
+				user:      foreign.user,
+				defaultDB: foreign.defaultDB,
+				dataDir:   filepath.Join(t.TempDir(), "data"),
+			}
+			running := &process{exited: make(chan struct{})} // never exits
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			t0 := time.Now()
+			err := s.waitReady(ctx, running)
+			if !errors.Is(err, errForeignServer) || !isPortConflict(err) {
+				t.Fatalf("waitReady on %s = %v, want errForeignServer", foreign.Addr(), err)
+			}
+			if !strings.Contains(err.Error(), foreign.dataDir) {
+				t.Errorf("error does not name the foreign data directory %s: %v", foreign.dataDir, err)
+			}
+			if d := time.Since(t0); d > 10*time.Second {
+				t.Errorf("waitReady took %v to reject the foreign server", d)
+			}
+
+			// The same server under its own identity is ready.
+			s.dataDir = foreign.dataDir
+			if err := s.waitReady(ctx, running); err != nil {
+				t.Fatalf("waitReady with the right data directory: %v", err)
+			}
+		})
+	}
+}
+
 // TestSharedPortBelowEphemeral: the shared servers, which every test
 // binary starts, listen below the ephemeral range.
 func TestSharedPortBelowEphemeral(t *testing.T) {
@@ -217,7 +297,34 @@ func TestSharedPortBelowEphemeral(t *testing.T) {
 				t.Skip("external server: its port is the URL's")
 			}
 			checkPortRange(t, s.port)
-			checkUp(t, s)
+			checkOurs(t, s)
 		})
+	}
+}
+
+func TestSamePath(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		server, ours string
+		want         bool
+	}{
+		{real, real, true},
+		{real + "/", real, true}, // MariaDB's @@datadir
+		{real, link, true},       // MariaDB resolves links
+		{link, link, true},       // PostgreSQL keeps them
+		{real, filepath.Join(dir, "other"), false},
+		{dir, real, false},
+	} {
+		if got := samePath(tc.server, tc.ours); got != tc.want {
+			t.Errorf("samePath(%q, %q) = %v, want %v", tc.server, tc.ours, got, tc.want)
+		}
 	}
 }

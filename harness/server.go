@@ -82,9 +82,10 @@ var (
 
 // Start creates a fresh data directory for kind in a new temporary
 // directory, starts the server on a free 127.0.0.1 port below the
-// ephemeral range and waits until it accepts connections. When the port
-// turns out to be taken, Start tries a few others. The caller must Close
-// the server.
+// ephemeral range and waits until it accepts connections and proves to be
+// the server just started (by its data directory). When the port turns
+// out to be taken, Start tries a few others. The caller must Close the
+// server.
 func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 	return startWith(ctx, kind, opts, pickPort)
 }
@@ -156,7 +157,7 @@ func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*
 	// The port is found free by binding and closing, so a program that
 	// binds ports by number can take it before the server binds, or
 	// already listen on it in a way the check misses; then the server
-	// fails to bind, and a fresh port is tried.
+	// fails to bind or another server answers, and a fresh port is tried.
 	for attempt := 1; ; attempt++ {
 		if err := s.takePort(pick); err != nil {
 			s.Close()
@@ -307,6 +308,7 @@ func (s *Server) stopLocked(ctx context.Context) error {
 
 // Restart starts the server again on the same data directory and port,
 // stopping it first if it runs, and waits until it accepts connections.
+// It fails if another server has taken the port meanwhile.
 // After Kill this makes PostgreSQL and InnoDB run crash recovery, which
 // keeps committed and prepared transactions.
 func (s *Server) Restart(ctx context.Context) error {
@@ -406,7 +408,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.waitReady(ctx, p); err != nil {
 		_ = s.killLocked()
 		tail := s.logTail()
-		if isBindError(s.logSince(logStart)) {
+		if !errors.Is(err, errForeignServer) && isBindError(s.logSince(logStart)) {
 			err = fmt.Errorf("%w: %w", errPortInUse, err)
 		}
 		return fmt.Errorf("harness: %s on %s not ready: %w\n--- server log tail:\n%s", s.kind, s.Addr(), err, tail)
@@ -439,7 +441,10 @@ func spawn(cmd *exec.Cmd) (*process, error) {
 }
 
 // waitReady pings the server until it answers, the process exits, ctx
-// ends or readyTimeout passes.
+// ends or readyTimeout passes. A server that answers must be ours: one
+// that another program started on the port (ours failing to bind) has
+// another data directory, and waitReady then fails with errForeignServer
+// at once.
 func (s *Server) waitReady(ctx context.Context, p *process) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
@@ -451,10 +456,10 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 	var last error
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		last = db.PingContext(pctx)
+		last = s.checkIdentity(pctx, db)
 		pcancel()
-		if last == nil {
-			return nil
+		if last == nil || errors.Is(last, errForeignServer) {
+			return last
 		}
 		select {
 		case <-p.exited:
@@ -539,12 +544,15 @@ func tailLines(b []byte, n int) string {
 	return string(b)
 }
 
-var errPortInUse = errors.New("harness: port already in use")
+var (
+	errPortInUse     = errors.New("harness: port already in use")
+	errForeignServer = errors.New("harness: another server answers on the port")
+)
 
 // isPortConflict reports whether a start failed because its port was not
 // the server's to have, so that another port may work.
 func isPortConflict(err error) bool {
-	return errors.Is(err, errPortInUse)
+	return errors.Is(err, errPortInUse) || errors.Is(err, errForeignServer)
 }
 
 // bindErrors are how the servers log a failed bind of their TCP port:
@@ -581,6 +589,35 @@ func (s *Server) takePort(pick portPicker) error {
 	}
 	s.port, s.unreserve = port, release
 	return nil
+}
+
+// checkIdentity asks the server on s's port for its data directory, which
+// is unique to s (a fresh temporary directory), and fails with
+// errForeignServer unless it is s.dataDir. Other errors mean not ready.
+func (s *Server) checkIdentity(ctx context.Context, db *sql.DB) error {
+	q := "SHOW data_directory"
+	if s.kind == MariaDB {
+		q = "SELECT @@datadir"
+	}
+	var got string
+	if err := db.QueryRowContext(ctx, q).Scan(&got); err != nil {
+		return err
+	}
+	if !samePath(got, s.dataDir) {
+		return fmt.Errorf("%w: %s has data directory %s, ours is %s", errForeignServer, s.Addr(), got, s.dataDir)
+	}
+	return nil
+}
+
+// samePath compares a server's idea of a directory with ours: MariaDB
+// reports it with a trailing slash and with symbolic links resolved.
+func samePath(server, ours string) bool {
+	server = filepath.Clean(server)
+	if server == filepath.Clean(ours) {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(ours)
+	return err == nil && server == real
 }
 
 func firstLine(err error) string {
