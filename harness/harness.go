@@ -4,6 +4,13 @@
 // stopped, killed with SIGKILL and restarted on the same data directory,
 // which crash tests need.
 //
+// Ports are picked at random in 20000-29999, below the kernel's ephemeral
+// range, where no outgoing connection can take them, and reserved with a
+// lock file in the temporary directory (threepc-ports) against other test
+// binaries for the server's life, across Kill and Restart. A start whose
+// port turns out taken is retried on another; a start or restart succeeds
+// only once the server answering on the port reports our data directory.
+//
 // Users of threepc can use it in their own tests:
 //
 //	func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }

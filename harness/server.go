@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -48,6 +49,9 @@ type Server struct {
 	mu     sync.Mutex
 	proc   *process // nil when not running
 	closed bool
+	// unreserve gives up the reservation of port (see reservePort); nil
+	// when there is none.
+	unreserve func()
 }
 
 // process is one running server process.
@@ -77,9 +81,16 @@ var (
 )
 
 // Start creates a fresh data directory for kind in a new temporary
-// directory, starts the server on a free 127.0.0.1 port and waits until it
-// accepts connections. The caller must Close the server.
+// directory, starts the server on a free 127.0.0.1 port below the
+// ephemeral range and waits until it accepts connections and proves to be
+// the server just started (by its data directory). When the port turns
+// out to be taken, Start tries a few others. The caller must Close the
+// server.
 func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
+	return startWith(ctx, kind, opts, pickPort)
+}
+
+func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*Server, error) {
 	if kind != Postgres && kind != MariaDB {
 		return nil, fmt.Errorf("harness: unknown server kind %q", kind)
 	}
@@ -143,12 +154,12 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 		return nil, err
 	}
 	t1 := time.Now()
-	// The free port is found by binding and closing, so another process
-	// can take it before the server binds; a few fresh attempts make that
-	// race harmless.
+	// The port is found free by binding and closing, so a program that
+	// binds ports by number can take it before the server binds, or
+	// already listen on it in a way the check misses; then the server
+	// fails to bind or another server answers, and a fresh port is tried.
 	for attempt := 1; ; attempt++ {
-		s.port, err = freePort()
-		if err != nil {
+		if err := s.takePort(pick); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -156,7 +167,8 @@ func Start(ctx context.Context, kind Kind, opts Options) (*Server, error) {
 		if err == nil {
 			break
 		}
-		if attempt < 3 && errors.Is(err, errPortInUse) {
+		if attempt < maxPortAttempts && isPortConflict(err) {
+			s.logf("harness: %s: port %d taken (attempt %d), trying another: %v", kind, s.port, attempt, firstLine(err))
 			continue
 		}
 		if !fromTemplate {
@@ -296,6 +308,7 @@ func (s *Server) stopLocked(ctx context.Context) error {
 
 // Restart starts the server again on the same data directory and port,
 // stopping it first if it runs, and waits until it accepts connections.
+// It fails if another server has taken the port meanwhile.
 // After Kill this makes PostgreSQL and InnoDB run crash recovery, which
 // keeps committed and prepared transactions.
 func (s *Server) Restart(ctx context.Context) error {
@@ -342,6 +355,10 @@ func (s *Server) Close() error {
 	err := s.killLocked()
 	if err == nil && s.kind == Postgres {
 		removeSysVSegment(s.dataDir)
+	}
+	if s.unreserve != nil {
+		s.unreserve()
+		s.unreserve = nil
 	}
 	if rerr := os.RemoveAll(s.dir); rerr != nil && err == nil {
 		err = fmt.Errorf("harness: %w", rerr)
@@ -391,7 +408,7 @@ func (s *Server) start(ctx context.Context) error {
 	if err := s.waitReady(ctx, p); err != nil {
 		_ = s.killLocked()
 		tail := s.logTail()
-		if isBindError(s.logSince(logStart)) {
+		if !errors.Is(err, errForeignServer) && isBindError(s.logSince(logStart)) {
 			err = fmt.Errorf("%w: %w", errPortInUse, err)
 		}
 		return fmt.Errorf("harness: %s on %s not ready: %w\n--- server log tail:\n%s", s.kind, s.Addr(), err, tail)
@@ -424,7 +441,10 @@ func spawn(cmd *exec.Cmd) (*process, error) {
 }
 
 // waitReady pings the server until it answers, the process exits, ctx
-// ends or readyTimeout passes.
+// ends or readyTimeout passes. A server that answers must be ours: one
+// that another program started on the port (ours failing to bind) has
+// another data directory, and waitReady then fails with errForeignServer
+// at once.
 func (s *Server) waitReady(ctx context.Context, p *process) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
@@ -436,10 +456,10 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 	var last error
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		last = db.PingContext(pctx)
+		last = s.checkIdentity(pctx, db)
 		pcancel()
-		if last == nil {
-			return nil
+		if last == nil || errors.Is(last, errForeignServer) {
+			return last
 		}
 		select {
 		case <-p.exited:
@@ -524,18 +544,83 @@ func tailLines(b []byte, n int) string {
 	return string(b)
 }
 
-var errPortInUse = errors.New("harness: port already in use")
+var (
+	errPortInUse     = errors.New("harness: port already in use")
+	errForeignServer = errors.New("harness: another server answers on the port")
+)
 
-func isBindError(log string) bool {
-	return bytes.Contains([]byte(log), []byte("Address already in use"))
+// isPortConflict reports whether a start failed because its port was not
+// the server's to have, so that another port may work.
+func isPortConflict(err error) bool {
+	return errors.Is(err, errPortInUse) || errors.Is(err, errForeignServer)
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("harness: find a free port: %w", err)
+// bindErrors are how the servers log a failed bind of their TCP port:
+// PostgreSQL 'could not bind IPv4 address "127.0.0.1": Address already in
+// use' then 'could not create any TCP/IP sockets', MariaDB "Can't start
+// server: Bind on TCP/IP port. Got error: 98: Address already in use".
+var bindErrors = []string{
+	"Address already in use",
+	"could not bind",
+	"could not create any TCP/IP sockets",
+	"Bind on TCP/IP port",
+}
+
+func isBindError(log string) bool {
+	for _, e := range bindErrors {
+		if strings.Contains(log, e) {
+			return true
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return false
+}
+
+// takePort gives up the server's port, if any, and picks another.
+func (s *Server) takePort(pick portPicker) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unreserve != nil {
+		s.unreserve()
+		s.unreserve = nil
+	}
+	port, release, err := pick()
+	if err != nil {
+		return err
+	}
+	s.port, s.unreserve = port, release
+	return nil
+}
+
+// checkIdentity asks the server on s's port for its data directory, which
+// is unique to s (a fresh temporary directory), and fails with
+// errForeignServer unless it is s.dataDir. Other errors mean not ready.
+func (s *Server) checkIdentity(ctx context.Context, db *sql.DB) error {
+	q := "SHOW data_directory"
+	if s.kind == MariaDB {
+		q = "SELECT @@datadir"
+	}
+	var got string
+	if err := db.QueryRowContext(ctx, q).Scan(&got); err != nil {
+		return err
+	}
+	if !samePath(got, s.dataDir) {
+		return fmt.Errorf("%w: %s has data directory %s, ours is %s", errForeignServer, s.Addr(), got, s.dataDir)
+	}
+	return nil
+}
+
+// samePath compares a server's idea of a directory with ours: MariaDB
+// reports it with a trailing slash and with symbolic links resolved.
+func samePath(server, ours string) bool {
+	server = filepath.Clean(server)
+	if server == filepath.Clean(ours) {
+		return true
+	}
+	real, err := filepath.EvalSymlinks(ours)
+	return err == nil && server == real
+}
+
+func firstLine(err error) string {
+	line, _, _ := strings.Cut(err.Error(), "\n")
+	return line
 }

@@ -28,11 +28,13 @@ type crashCase struct {
 	refuse bool
 }
 
+// String names the case, and with it its subtest: "k=" and not "#",
+// which reads as the suffix go test adds to duplicate names.
 func (c crashCase) String() string {
 	if c.refuse {
-		return fmt.Sprintf("refused/%s#%d", c.fp, c.k)
+		return fmt.Sprintf("refused/%s/k=%d", c.fp, c.k)
 	}
-	return fmt.Sprintf("%s#%d", c.fp, c.k)
+	return fmt.Sprintf("%s/k=%d", c.fp, c.k)
 }
 
 // crashCases lists the failpoints of the matrix for n participants: dying
