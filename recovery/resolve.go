@@ -163,13 +163,28 @@ func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool
 		b.Done, b.Err = err == nil, err
 	})
 	n := 0
-	for i, b := range t.Branches {
+	for i := range t.Branches {
+		b := &t.Branches[i]
 		if done[i] {
 			n++
 		}
-		if errors.Is(b.Err, resource.ErrHeuristic) {
-			t.Lost = append(t.Lost, b.Resource)
+		if !errors.Is(b.Err, resource.ErrHeuristic) {
+			continue
 		}
+		if commit && len(t.Lost) == 0 {
+			// Another scanner, or the coordinator, may have finished and
+			// settled it since the listing, evidence rows and all: the
+			// tombstone says so.
+			if row, err := s.readPrimary(ctx, t); err == nil && row.State == resource.StateCommitted {
+				for j := range t.Branches {
+					t.Branches[j].Done, t.Branches[j].Err = true, nil
+				}
+				t.Markers[t.Primary] = row
+				t.Reason += "; settled meanwhile by another actor (tombstone at the primary)"
+				return n
+			}
+		}
+		t.Lost = append(t.Lost, b.Resource)
 	}
 	if len(t.Lost) > 0 {
 		if commit {

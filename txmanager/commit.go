@@ -427,7 +427,16 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 	giveUp := m.opts.clock.Now().Add(m.opts.commitTimeout)
 	err := b.b.Commit(ctx)
 	for attempt := 1; err != nil; attempt++ {
-		if errors.Is(err, resource.ErrHeuristic) || !m.opts.clock.Now().Before(giveUp) {
+		if errors.Is(err, resource.ErrHeuristic) {
+			// A scan may have committed the branch and settled the
+			// transaction, evidence rows and all, since: the tombstone
+			// at the primary is written only once every branch is proven.
+			if tx.settled(ctx) {
+				return nil
+			}
+			return err
+		}
+		if !m.opts.clock.Now().Before(giveUp) {
 			return err
 		}
 		tracing.Retry(ctx, attempt, err)
@@ -438,6 +447,16 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 		err = b.res.CommitPrepared(ctx, b.xid)
 	}
 	return nil
+}
+
+// settled reports whether the primary's decision row is a committed
+// tombstone: proof that every branch committed.
+func (tx *Tx) settled(ctx context.Context) bool {
+	primary := tx.m.res[tx.primary]
+	octx, op := tx.m.tel.Op(ctx, tracing.OpReadMarker, primary)
+	row, err := primary.ReadMarker(octx, tx.gtid)
+	op.End(err)
+	return err == nil && row.State == resource.StateCommitted
 }
 
 // cleanup settles the marker rows once every branch is proven committed:
