@@ -42,6 +42,10 @@ type Marker struct {
 	Primary      string   // name of the primary resource
 	Participants []string // every resource of the transaction, sorted
 	Owner        string   // id of the instance that wrote the row
+	// Space is the namespace tag (SpaceTag) of the deployment that wrote
+	// the row: deployments that share a database share its marker table.
+	// Rows written before namespaces existed read as "".
+	Space string
 	// CreatedAt is the database's clock when the row was inserted. It is
 	// set by the database on insert and ignored by InsertMarker.
 	CreatedAt time.Time
@@ -78,6 +82,9 @@ func (m Marker) Validate() error {
 		if err := ValidateName(p); err != nil {
 			return fmt.Errorf("marker participant: %w", err)
 		}
+	}
+	if m.Space != "" && !validTag(m.Space) {
+		return fmt.Errorf("%w: marker namespace tag %q", ErrInvalidID, m.Space)
 	}
 	if len(m.Owner) > MaxOwnerLen {
 		return fmt.Errorf("%w: owner id longer than %d bytes", ErrInvalidID, MaxOwnerLen)
