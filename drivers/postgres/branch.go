@@ -413,7 +413,8 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 // goroutine while a statement of the branch is running, it first sends the
 // server a cancel request so the statement (perhaps waiting on a lock)
 // ends. Rolling back a finished branch returns nil; a prepared branch that
-// someone else finished returns ErrUnknownBranch.
+// someone else finished returns ErrUnknownBranch, or ErrHeuristic when its
+// evidence shows that it committed.
 func (b *Branch) Rollback(ctx context.Context) error {
 	if b.state.Load() == stateActive && b.inflight.Load() > 0 && b.pg != nil {
 		// The session will be discarded by Close: a late cancel must not

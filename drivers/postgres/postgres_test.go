@@ -880,6 +880,10 @@ func TestPrepareOnKilledSession(t *testing.T) {
 	if !errors.Is(err, resource.ErrUnreachable) {
 		t.Fatalf("Prepare on a terminated session: %v, want ErrUnreachable", err)
 	}
+	// Nothing was prepared and nothing committed: a commit cannot be nil.
+	if err := b.Commit(ctx); !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("Commit after a lost PREPARE that did not happen: %v, want ErrHeuristic", err)
+	}
 	if err := b.Rollback(ctx); err != nil {
 		t.Fatalf("Rollback after a lost PREPARE: %v", err)
 	}
