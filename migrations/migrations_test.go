@@ -53,7 +53,7 @@ func TestUpIsIdempotentAndLeavesThePoolAlone(t *testing.T) {
 			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9Q', 'maybe', 'a', 'a,b', 'test')"); err == nil {
 				t.Fatal("the state CHECK constraint is missing")
 			}
-			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'b', 'evidence', 'a', '', '')"); err != nil {
+			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner, space) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'b', 'evidence', 'a', '', '', '7R2AA5JA')"); err != nil {
 				t.Fatalf("evidence row beside the marker row of its gtid: %v", err)
 			}
 			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'abort', 'a', 'a,b', 'test')"); err == nil {

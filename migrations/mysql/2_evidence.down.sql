@@ -8,4 +8,5 @@ ALTER TABLE threepc_markers
     ADD CONSTRAINT threepc_markers_state CHECK (state IN ('precommit', 'abort')),
     DROP PRIMARY KEY,
     DROP COLUMN branch,
+    DROP COLUMN space,
     ADD PRIMARY KEY (gtid);

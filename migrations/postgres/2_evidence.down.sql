@@ -6,4 +6,5 @@ ALTER TABLE threepc_markers
     ADD CONSTRAINT threepc_markers_state_check CHECK (state IN ('precommit', 'abort')),
     DROP CONSTRAINT threepc_markers_pkey,
     DROP COLUMN branch,
+    DROP COLUMN space,
     ADD CONSTRAINT threepc_markers_pkey PRIMARY KEY (gtid);
