@@ -203,7 +203,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		// refusal. SET LOCAL ends with the transaction.
 		tags, execErr = pipeline(ctx, pc,
 			stmt{"SET LOCAL lock_timeout = '" + evidenceLockTimeout + "'", nil},
-			stmt{insertEvidenceSQL, []string{b.xid.GTID, b.xid.Branch, b.xid.Primary}},
+			stmt{insertEvidenceSQL, []string{b.xid.GTID, b.xid.Branch, b.xid.Primary, b.xid.Space}},
 			stmt{"PREPARE TRANSACTION " + b.lit, nil})
 		after, connClosed = pc.TxStatus(), pc.IsClosed()
 		if execErr == nil || connClosed || after == 'I' {

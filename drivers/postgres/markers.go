@@ -17,7 +17,7 @@ import (
 // clock, so that retention does not depend on the reader's; it is clamped
 // at 0 because a row inserted by a transaction that started after this
 // statement's own start can be visible to it.
-const markerColumns = "gtid, state, primary_name, participants, owner, created_at, " +
+const markerColumns = "gtid, state, primary_name, participants, owner, space, created_at, " +
 	"greatest(0, (extract(epoch FROM now() - created_at) * 1000000)::bigint)"
 
 // markerRows restricts a query to marker rows: evidence rows carry their
@@ -37,7 +37,7 @@ func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
 		return fmt.Errorf("threepc/postgres: insert marker %s: %w", m.GTID, err)
 	}
 	_, err := r.db.ExecContext(ctx, insertMarkerSQL,
-		m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner)
+		m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner, m.Space)
 	return r.markerError("insert marker "+m.GTID, err)
 }
 
@@ -130,7 +130,7 @@ func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
 		state, parts string
 		ageMicros    int64
 	)
-	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.CreatedAt, &ageMicros); err != nil {
+	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.Space, &m.CreatedAt, &ageMicros); err != nil {
 		return resource.Marker{}, err
 	}
 	m.State = resource.MarkerState(state)
@@ -141,17 +141,18 @@ func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
 
 // insertMarkerSQL inserts a marker row; branch defaults to the empty string and
 // created_at to the database's clock.
-const insertMarkerSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES ($1, $2, $3, $4, $5)"
+const insertMarkerSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) VALUES ($1, $2, $3, $4, $5, $6)"
 
 // insertEvidenceSQL inserts a branch's evidence row: $1 gtid, $2 branch,
-// $3 primary.
-const insertEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner) VALUES ($1, $2, '" + resource.EvidenceState + "', $3, '', '')"
+// $3 primary, $4 namespace tag.
+const insertEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES ($1, $2, '" + resource.EvidenceState + "', $3, '', '', $4)"
 
 // insertMarkerAndEvidenceSQL inserts the marker row and the branch's
 // evidence row of a logging-last-resource commit in one statement: $1
-// gtid, $2 state, $3 primary, $4 participants, $5 owner, $6 branch.
-const insertMarkerAndEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner) VALUES " +
-	"($1, '', $2, $3, $4, $5), ($1, $6, '" + resource.EvidenceState + "', $3, '', '')"
+// gtid, $2 state, $3 primary, $4 participants, $5 owner, $6 the marker's
+// namespace tag, $7 branch, $8 the branch's namespace tag.
+const insertMarkerAndEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES " +
+	"($1, '', $2, $3, $4, $5, $6), ($1, $7, '" + resource.EvidenceState + "', $3, '', '', $8)"
 
 // stmt is one statement of a pipeline; its arguments go as text.
 type stmt struct {
@@ -226,7 +227,7 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 			return nil // failed or ended: refused below, nothing sent
 		}
 		tags, failure = pipeline(ctx, pc,
-			stmt{insertMarkerAndEvidenceSQL, []string{m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner, b.xid.Branch}},
+			stmt{insertMarkerAndEvidenceSQL, []string{m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner, m.Space, b.xid.Branch, b.xid.Space}},
 			stmt{"COMMIT", nil})
 		after, closed = pc.TxStatus(), pc.IsClosed()
 		return nil

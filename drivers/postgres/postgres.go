@@ -190,7 +190,7 @@ func (r *Resource) Check(ctx context.Context) error {
 	}
 	var present, evidence bool
 	q := "SELECT to_regclass('" + resource.MarkerTable + "') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('" +
-		resource.MarkerTable + "') AND attname = 'branch' AND NOT attisdropped)"
+		resource.MarkerTable + "') AND attname IN ('branch', 'space') AND NOT attisdropped HAVING count(*) = 2)"
 	if err := r.db.QueryRowContext(ctx, q).Scan(&present, &evidence); err != nil {
 		return mapError(opOther, r.where()+": looking for the marker table", err)
 	}
@@ -199,7 +199,7 @@ func (r *Resource) Check(ctx context.Context) error {
 			r.where(), resource.ErrMarkerTableMissing, resource.MarkerTable)
 	}
 	if !evidence {
-		return fmt.Errorf("threepc/postgres: %s: %w: table %s has no branch column (migration 2, evidence rows, is not applied); run the migrations (`threepc migrate` or migrations.Up)",
+		return fmt.Errorf("threepc/postgres: %s: %w: table %s has no branch and space columns (migration 2, evidence rows and namespaces, is not applied); run the migrations (`threepc migrate` or migrations.Up)",
 			r.where(), resource.ErrMarkerTableMissing, resource.MarkerTable)
 	}
 	return nil

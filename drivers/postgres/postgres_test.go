@@ -584,6 +584,7 @@ func TestMarkers(t *testing.T) {
 	m := resource.Marker{
 		GTID: ulid.Make().String(), State: resource.StatePreCommit,
 		Primary: "alpha", Participants: []string{"alpha", "beta"}, Owner: "instance-1",
+		Space: resource.SpaceTag("team-a"),
 	}
 	if err := r.InsertMarker(ctx, m); err != nil {
 		t.Fatalf("InsertMarker: %v", err)
@@ -599,7 +600,7 @@ func TestMarkers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != resource.StatePreCommit || got.Primary != "alpha" || strings.Join(got.Participants, ",") != "alpha,beta" || got.Owner != "instance-1" {
+	if got.State != resource.StatePreCommit || got.Primary != "alpha" || strings.Join(got.Participants, ",") != "alpha,beta" || got.Owner != "instance-1" || got.Space != m.Space {
 		t.Fatalf("ReadMarker = %+v", got)
 	}
 	if got.CreatedAt.Before(before.Add(-time.Minute)) || got.CreatedAt.After(time.Now().Add(time.Minute)) {

@@ -688,6 +688,7 @@ func testMarkers(t *testing.T, target Target) {
 	m := resource.Marker{
 		GTID: NewGTID(), State: resource.StatePreCommit,
 		Primary: r.Name(), Participants: participants, Owner: "instance-1",
+		Space: resource.SpaceTag("resourcetest"),
 	}
 	if err := r.InsertMarker(ctx, m); err != nil {
 		t.Fatalf("InsertMarker: %v", err)
@@ -704,7 +705,9 @@ func testMarkers(t *testing.T, target Target) {
 	t.Run("CompareAndSet", func(t *testing.T) {
 		for _, again := range []resource.Marker{
 			m, // the same row again
-			{GTID: m.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Owner: "recovery-2"},
+			// The compare-and-set is on the gtid alone: deployments that
+			// share the table never share a gtid.
+			{GTID: m.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Owner: "recovery-2", Space: resource.SpaceTag("")},
 		} {
 			err := r.InsertMarker(ctx, again)
 			if !errors.Is(err, resource.ErrMarkerExists) {
@@ -732,6 +735,10 @@ func testMarkers(t *testing.T, target Target) {
 		bad := resource.Marker{GTID: NewGTID(), State: "maybe", Primary: r.Name(), Participants: []string{r.Name()}}
 		if err := r.InsertMarker(ctx, bad); !errors.Is(err, resource.ErrInvalidID) {
 			t.Errorf("InsertMarker with state %q: err = %v, want ErrInvalidID", bad.State, err)
+		}
+		badSpace := resource.Marker{GTID: bad.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Space: "x'"}
+		if err := r.InsertMarker(ctx, badSpace); !errors.Is(err, resource.ErrInvalidID) {
+			t.Errorf("InsertMarker with namespace tag %q: err = %v, want ErrInvalidID", badSpace.Space, err)
 		}
 		if _, err := r.ReadMarker(ctx, bad.GTID); !errors.Is(err, resource.ErrNoMarker) {
 			t.Errorf("ReadMarker after an invalid insert: err = %v, want ErrNoMarker", err)
@@ -807,7 +814,7 @@ func testMarkers(t *testing.T, target Target) {
 func checkMarker(t *testing.T, got, want resource.Marker, why string) {
 	t.Helper()
 	if got.GTID != want.GTID || got.State != want.State || got.Primary != want.Primary ||
-		got.Owner != want.Owner || !slices.Equal(got.Participants, want.Participants) {
+		got.Owner != want.Owner || got.Space != want.Space || !slices.Equal(got.Participants, want.Participants) {
 		t.Errorf("%s: ReadMarker = %+v, want %+v", why, got, want)
 	}
 	if got.CreatedAt.IsZero() {
