@@ -75,7 +75,6 @@ var benchModifiers = []struct {
 	mysqlParams string
 }{
 	{name: "llr", help: "logging last resource: the primary commits one-phase with its decision row", opt: txmanager.WithLastResource(true)},
-	{name: "attached", help: "MySQL/MariaDB branches stay attached to their session and commit there (no reconnect; recovery waits for the coordinator's connection to die)", mysqlParams: mysql.ParamKeepAttached + "=true"},
 	{name: "async", help: "asynchronous, batched marker clean-up: Commit returns once the branches are committed", opt: txmanager.WithAsyncCleanup(true)},
 	{name: "noro", help: "no read-only vote on MySQL/MariaDB (saves two status queries per branch)", mysqlParams: mysql.ParamReadOnlyVote + "=false"},
 }
@@ -162,13 +161,10 @@ for every protocol and concurrency, on the same databases in one run:
   3pc             the library in three-phase commit mode
 
 Optimizations are switched on per protocol with +NAME suffixes, e.g.
-3pc+llr+attached+noro:
+3pc+llr+noro:
 
   llr       logging last resource: the primary commits one-phase with its
             decision row inside its own transaction
-  attached  MySQL/MariaDB branches stay attached to their session and
-            commit there: no reconnect per transaction, but recovery must
-            wait for a stalled coordinator's connection to die
   async     asynchronous, batched marker clean-up: Commit returns as soon
             as every branch is committed
   noro      no read-only vote on MySQL/MariaDB (two status queries less)
@@ -297,7 +293,7 @@ handwritten2pc.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +attached, +noro options on 2pc and 3pc")
+	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +noro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell (default: duration/5, at most 1s)")

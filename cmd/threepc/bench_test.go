@@ -6,14 +6,14 @@ import (
 )
 
 func TestParseBenchVariant(t *testing.T) {
-	v, err := parseBenchVariant("3pc+noro+llr+attached")
+	v, err := parseBenchVariant("3pc+noro+llr")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.base != "3pc" || len(v.opts) != 1 || v.mysqlParams != "threepc_keep_attached=true&threepc_read_only_vote=false" {
+	if v.base != "3pc" || len(v.opts) != 1 || v.mysqlParams != "threepc_read_only_vote=false" {
 		t.Errorf("variant = %+v", v)
 	}
-	for _, bad := range []string{"3pc+", "local+llr", "handwritten2pc+attached", "3pc+turbo", "4pc"} {
+	for _, bad := range []string{"3pc+", "local+llr", "handwritten2pc+noro", "3pc+attached", "3pc+turbo", "4pc"} {
 		if _, err := parseBenchVariant(bad); err == nil {
 			t.Errorf("parseBenchVariant(%q): no error", bad)
 		}
