@@ -410,6 +410,7 @@ func (r *res) commitByID(ctx context.Context, xid resource.XID) error {
 		b.attached = false // the driver ends a session that still holds the branch
 		if f == Orphan {
 			b.orphan = true
+			r.p.w.Trace = append(r.p.w.Trace, fmt.Sprintf("ORPHAN %s@%s", short(xid.GTID), r.name))
 			return nil
 		}
 		d.commit(b)
@@ -499,7 +500,7 @@ func (r *res) Committed(_ context.Context, xid resource.XID) (bool, error) {
 	return ok, nil
 }
 
-// insertMarker is the compare-and-set on (gtid, ”).
+// insertMarker is the compare-and-set on the gtid (branch column empty).
 func (w *World) insertMarker(d *db, m resource.Marker) error {
 	if _, ok := d.markers[m.GTID]; ok {
 		return resource.ErrMarkerExists
