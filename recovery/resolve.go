@@ -102,6 +102,7 @@ func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string
 			// listing proves nothing about branches prepared since.
 			t.lateDecision = true
 			t.Markers[t.Primary] = row
+			t.Participants = slices.Compact(slices.Sorted(slices.Values(append(slices.Clone(t.Participants), row.Participants...))))
 			switch row.State {
 			case resource.StateCommitted:
 				t.Action, t.Reason = ActionWait, "the fence lost: the coordinator committed every branch (tombstone at the primary)"
@@ -174,14 +175,19 @@ func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool
 		if commit && len(t.Lost) == 0 {
 			// Another scanner, or the coordinator, may have finished and
 			// settled it since the listing, evidence rows and all: the
-			// tombstone says so.
-			if row, err := s.readPrimary(ctx, t); err == nil && row.State == resource.StateCommitted {
+			// tombstone says so (and a decision row is gone only once its
+			// tombstone was collected).
+			row, err := s.readPrimary(ctx, t)
+			switch {
+			case err == nil && row.State == resource.StateCommitted, errors.Is(err, resource.ErrNoMarker):
 				for j := range t.Branches {
 					t.Branches[j].Done, t.Branches[j].Err = true, nil
 				}
-				t.Markers[t.Primary] = row
-				t.Reason += "; settled meanwhile by another actor (tombstone at the primary)"
+				t.Reason += "; settled meanwhile by another actor"
 				return n
+			case err != nil:
+				b.Err = fmt.Errorf("the branch is gone without its evidence, and the primary's row could not be read to tell whether a peer settled the transaction: %w", err)
+				continue
 			}
 		}
 		t.Lost = append(t.Lost, b.Resource)
@@ -211,13 +217,13 @@ func (s *Scanner) complete(ctx context.Context, t *TxReport, unreachable map[str
 		proven[b.Resource] = b.Done
 	}
 	var missing []string
-	for _, p := range t.Participants {
+	for _, p := range decisionParticipants(t) {
 		if proven[p] {
 			continue
 		}
 		r, ok := s.res[p]
 		if !ok || unreachable[p] != nil {
-			t.Reason += fmt.Sprintf("; participant %q not reachable: rows kept", p)
+			t.Err = fmt.Errorf("participant %q not scanned: its branch is not proven committed", p)
 			return
 		}
 		if listed[p] {
@@ -249,10 +255,22 @@ func (s *Scanner) complete(ctx context.Context, t *TxReport, unreachable map[str
 		// read, so each was either listed or finished by then. Unless
 		// the transaction has been settled meanwhile, the missing
 		// evidence is real.
-		if row, err := s.readPrimary(ctx, t); err != nil || row.State != resource.StatePreCommit {
-			if err != nil {
-				t.Err = err
+		row, err := s.readPrimary(ctx, t)
+		switch {
+		case errors.Is(err, resource.ErrNoMarker):
+			// A decision row (this precommit row proves there was one)
+			// disappears only when its tombstone is collected, after every
+			// branch was proven and the retention passed: these rows are
+			// leftovers.
+			if !dry {
+				s.deleteRows(ctx, t, unreachable)
 			}
+			t.Reason += "; the primary's row was settled and collected: leftover rows deleted"
+			return
+		case err != nil:
+			t.Err = err
+			return
+		case row.State != resource.StatePreCommit:
 			return
 		}
 		t.Lost = missing
@@ -263,6 +281,21 @@ func (s *Scanner) complete(ctx context.Context, t *TxReport, unreachable map[str
 		return
 	}
 	s.settle(ctx, t, unreachable)
+}
+
+// decisionParticipants is the participant list the coordinator wrote in
+// its decision row (the branches that needed a commit: read-only voters
+// are not in it), or, without such a row, every participant seen.
+func decisionParticipants(t *TxReport) []string {
+	if m, ok := t.Markers[t.Primary]; ok && m.State != resource.StateAbort {
+		return m.Participants
+	}
+	for _, m := range t.Markers {
+		if m.State == resource.StatePreCommit {
+			return m.Participants
+		}
+	}
+	return t.Participants
 }
 
 // readPrimary re-reads the primary's marker row.

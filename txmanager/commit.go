@@ -431,10 +431,16 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 			// A scan may have committed the branch and settled the
 			// transaction, evidence rows and all, since: the tombstone
 			// at the primary is written only once every branch is proven.
-			if tx.settled(ctx) {
+			settled, serr := tx.settled(ctx)
+			switch {
+			case settled:
 				return nil
+			case serr == nil:
+				return err
 			}
-			return err
+			// Unknown either way: not heuristic until the primary says
+			// so; retried, and pending at worst.
+			err = fmt.Errorf("the branch is gone without its evidence, and the decision row could not be read to tell whether a peer settled the transaction: %w", serr)
 		}
 		if !m.opts.clock.Now().Before(giveUp) {
 			return err
@@ -451,12 +457,20 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 
 // settled reports whether the primary's decision row is a committed
 // tombstone: proof that every branch committed.
-func (tx *Tx) settled(ctx context.Context) bool {
+func (tx *Tx) settled(ctx context.Context) (bool, error) {
 	primary := tx.m.res[tx.primary]
 	octx, op := tx.m.tel.Op(ctx, tracing.OpReadMarker, primary)
 	row, err := primary.ReadMarker(octx, tx.gtid)
 	op.End(err)
-	return err == nil && row.State == resource.StateCommitted
+	switch {
+	case errors.Is(err, resource.ErrNoMarker):
+		// After this coordinator's decision, its row disappears only
+		// when the tombstone is collected, once every branch was proven.
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	return row.State == resource.StateCommitted, nil
 }
 
 // cleanup settles the marker rows once every branch is proven committed:

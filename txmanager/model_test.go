@@ -16,6 +16,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/threepc/threepc/internal/memres"
+	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/recovery"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
@@ -212,6 +213,7 @@ func (sc scenario) run(c chooser) result {
 		}
 	}
 	var coordStep func(where, db string, failpoint, bounded bool)
+	fencing := 0 // interleaved scans parked right before their fence insert
 	world.AfterOp = func(op memres.Op) {
 		mu.Lock()
 		steps++
@@ -308,7 +310,7 @@ func (sc scenario) run(c chooser) result {
 			span /= 2
 		}
 		act := c.Int("pause "+where, 0, span-1)
-		if act == actPastRetention && bounded {
+		if act == actPastRetention && (bounded || fencing > 0) {
 			act = actScanTwice
 		}
 		switch act {
@@ -358,7 +360,19 @@ func (sc scenario) run(c chooser) result {
 			bounded := op.Kind == "commit-with-marker" || op.Kind == "insert-marker" && op.DB == names[0]
 			coordStep("before "+op.Kind+"@"+op.DB, op.DB, false, bounded)
 		case strings.HasPrefix(op.Proc, "irec"):
+			// A scan parked between its fence deadline check and its
+			// fence reaching the primary is under the same timing
+			// assumption as the coordinator (see coordStep).
+			// (With the planted FenceWithoutDeadline there is no check,
+			// so no assumption to honour.)
+			fence := op.Kind == "insert-marker" && op.State == resource.StateAbort && !seeded.FenceWithoutDeadline.Load()
+			if fence {
+				fencing++
+			}
 			bt.step(actors[op.Proc], "sched "+op.Proc+" "+op.Kind+"@"+op.DB)
+			if fence {
+				fencing--
+			}
 		}
 		if !sc.faults {
 			return memres.NoFault

@@ -241,7 +241,9 @@ func (w *World) Claim(who, gtid string, what Claim) error {
 			if b.state == Aborted && b.wrote && !b.outside {
 				return wrong(fmt.Sprintf("branch %s is aborted", b.xid.Branch))
 			}
-			lacking = lacking || b.orphan || b.outside
+			// Seen gone without its evidence, even if a restart has
+			// brought it back since: the report was true when made.
+			lacking = lacking || b.orphan || b.wasOrphan || b.outside
 		}
 		if what == ClaimHeuristic && !lacking {
 			return wrong("no branch lacks its evidence (none is an orphan or rolled back outside)")

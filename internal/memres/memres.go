@@ -158,6 +158,9 @@ type fbranch struct {
 	// still prepared but invisible to Recover and to by-id operations
 	// until a restart.
 	orphan bool
+	// wasOrphan: the branch was an orphan at some point (a heuristic
+	// report of it stays justified after it reappears).
+	wasOrphan bool
 	// outside: rolled back by an outside actor.
 	outside bool
 }
@@ -409,7 +412,7 @@ func (r *res) commitByID(ctx context.Context, xid resource.XID) error {
 		}
 		b.attached = false // the driver ends a session that still holds the branch
 		if f == Orphan {
-			b.orphan = true
+			b.orphan, b.wasOrphan = true, true
 			r.p.w.Trace = append(r.p.w.Trace, fmt.Sprintf("ORPHAN %s@%s", short(xid.GTID), r.name))
 			return nil
 		}
