@@ -69,7 +69,7 @@ func TestHelperCoordinator(t *testing.T) {
 			t.Fatalf("child: %v", err)
 		}
 		if optimized["attached"] && strings.HasPrefix(url, "mysql://") {
-			url += "?threepc_keep_attached=true&threepc_read_only_vote=false"
+			url += "?threepc_read_only_vote=false"
 		}
 		r, err := drivers.Open(name, url)
 		if err != nil {

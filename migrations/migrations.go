@@ -7,15 +7,18 @@
 package migrations
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 
 	"github.com/golang-migrate/migrate/v4"
 	"github.com/golang-migrate/migrate/v4/database"
+	"github.com/golang-migrate/migrate/v4/database/multistmt"
 	mysqlmigrate "github.com/golang-migrate/migrate/v4/database/mysql"
 	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
@@ -146,6 +149,7 @@ func newMigrate(ctx context.Context, db *sql.DB, d Dialect) (*migrate.Migrate, f
 			return nil, nil, fmt.Errorf("threepc/migrations: mysql: %w", err)
 		}
 		closeFn = func() { drv.Close() } // closes conn only: db is nil in a WithConnection driver
+		drv = oneStatementPerExec{drv}
 	}
 	m, err := migrate.NewWithInstance("iofs", src, string(d), drv)
 	if err != nil {
@@ -153,4 +157,30 @@ func newMigrate(ctx context.Context, db *sql.DB, d Dialect) (*migrate.Migrate, f
 		return nil, nil, fmt.Errorf("threepc/migrations: %w", err)
 	}
 	return m, closeFn, nil
+}
+
+// oneStatementPerExec runs a MySQL migration file statement by statement.
+// golang-migrate's mysql driver sends a whole file in one Exec, which
+// fails unless the caller's pool happens to have multiStatements on; a
+// migration that must delete rows before it alters the table needs two.
+// MySQL commits each DDL statement on its own anyway, so nothing atomic
+// is lost. Statements end with a semicolon at the end of a line.
+type oneStatementPerExec struct{ database.Driver }
+
+// maxMigrationSize bounds one migration file; ours are a few hundred bytes.
+const maxMigrationSize = 1 << 20
+
+func (d oneStatementPerExec) Run(migration io.Reader) error {
+	var runErr error
+	err := multistmt.Parse(migration, []byte(";\n"), maxMigrationSize, func(stmt []byte) bool {
+		if len(bytes.TrimSpace(stmt)) == 0 {
+			return true
+		}
+		runErr = d.Driver.Run(bytes.NewReader(stmt))
+		return runErr == nil
+	})
+	if runErr != nil {
+		return runErr
+	}
+	return err
 }

@@ -16,8 +16,9 @@ import (
 func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
 
 // TestUpIsIdempotentAndLeavesThePoolAlone: Up creates the marker table,
-// a second Up changes nothing, the version is 1, and the caller's pool is
-// still open and has no connection held afterwards.
+// a second Up changes nothing, the version is 2, the table takes marker,
+// tombstone and evidence rows of one gtid, and the caller's pool is still
+// open and has no connection held afterwards.
 func TestUpIsIdempotentAndLeavesThePoolAlone(t *testing.T) {
 	for _, c := range []struct {
 		kind    harness.Kind
@@ -43,7 +44,7 @@ func TestUpIsIdempotentAndLeavesThePoolAlone(t *testing.T) {
 					t.Fatalf("Up #%d: %v", i+1, err)
 				}
 			}
-			if v, dirty, err := migrations.Version(ctx, db, c.dialect); err != nil || v != 1 || dirty {
+			if v, dirty, err := migrations.Version(ctx, db, c.dialect); err != nil || v != 2 || dirty {
 				t.Fatalf("after Up: version %d dirty %v err %v", v, dirty, err)
 			}
 			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'precommit', 'a', 'a,b', 'test')"); err != nil {
@@ -51,6 +52,15 @@ func TestUpIsIdempotentAndLeavesThePoolAlone(t *testing.T) {
 			}
 			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9Q', 'maybe', 'a', 'a,b', 'test')"); err == nil {
 				t.Fatal("the state CHECK constraint is missing")
+			}
+			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner, space) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'b', 'evidence', 'a', '', '', '7R2AA5JA')"); err != nil {
+				t.Fatalf("evidence row beside the marker row of its gtid: %v", err)
+			}
+			if _, err := db.ExecContext(ctx, "INSERT INTO threepc_markers (gtid, state, primary_name, participants, owner) VALUES ('01J9ZQ4M3B6Q5W2E8R7T1Y0V9P', 'abort', 'a', 'a,b', 'test')"); err == nil {
+				t.Fatal("a second marker row for one gtid: the primary key no longer makes InsertMarker a compare-and-set")
+			}
+			if _, err := db.ExecContext(ctx, "UPDATE threepc_markers SET state = 'committed' WHERE branch = ''"); err != nil {
+				t.Fatalf("tombstone refused: %v", err)
 			}
 			if s := db.Stats(); s.InUse != 0 {
 				t.Fatalf("migrations left %d connections in use", s.InUse)

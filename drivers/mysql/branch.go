@@ -3,12 +3,12 @@ package mysql
 import (
 	"context"
 	"database/sql"
-	"errors"
+
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/threepc/threepc/resource"
 )
@@ -71,7 +71,6 @@ type Branch struct {
 	mu     sync.Mutex
 	state  branchState
 	live   bool  // conn is still pinned to this branch (not released nor discarded)
-	orphan bool  // conn was discarded while the branch was (maybe) prepared: its session must be gone before by-id statements
 	failed error // first error a user statement returned
 	killed bool  // the session was killed by Rollback from another goroutine
 	// readOnly: the branch voted read-only (and is committed: it wrote
@@ -94,13 +93,16 @@ func (r *Resource) countersExpr(v serverVersion) string {
 }
 
 // Begin pins a pool connection and starts an XA branch on it. xid must be
-// valid and xid.Branch must be this resource's name. 1440 XAER_DUPID maps
-// to resource.ErrBranchExists.
+// valid and xid.Branch must be this resource's name; the branch's id
+// (Branch.XID) also carries the session that began it (xid.Session is
+// ignored): CONNECTION_ID(), or 0 where the server detaches the branch at
+// prepare (MySQL with xa_detach_on_prepare=ON). 1440 XAER_DUPID maps to
+// resource.ErrBranchExists.
 func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch, error) {
 	if err := r.checkXID(xid); err != nil {
 		return nil, err
 	}
-	v, err := r.serverVersion(ctx)
+	v, tag, err := r.serverInfo(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +114,7 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 	if err != nil {
 		return nil, r.unreachable(what, err)
 	}
-	b := &Branch{r: r, xid: xid, lit: xidLiteral(xid), conn: conn, live: true}
+	b := &Branch{r: r, xid: xid, conn: conn, live: true}
 	_ = conn.Raw(func(dc any) error { b.connKey = dc; return nil })
 
 	if info, ok := r.sessions.get(b.connKey); ok && r.cfg.DisableReadOnlyVote {
@@ -145,6 +147,13 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 		b.countersOK = count == 3
 		r.sessions.put(b.connKey, sessionInfo{threadID: b.threadID, detachOnPrepare: b.detachOnPrepare})
 	}
+	// Recovery ends this session to take over a branch still attached to
+	// it; a branch the server detaches at prepare has no session to end.
+	b.xid.Session = uint64(b.threadID)
+	if b.detachOnPrepare {
+		b.xid.Session = 0
+	}
+	b.lit = xidLiteral(b.xid, tag)
 
 	if _, err := conn.ExecContext(ctx, "XA START "+b.lit); err != nil {
 		if mysqlErrno(err) == erXAERDupID {
@@ -159,7 +168,7 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 	return b, nil
 }
 
-// XID is the branch's id.
+// XID is the branch's id, with the session that began it (XID.Session).
 func (b *Branch) XID() resource.XID { return b.xid }
 
 // workConn returns the pinned connection for a user statement.
@@ -256,17 +265,43 @@ func (b *Branch) release() {
 	}
 }
 
-// drop discards the pinned connection. If the branch may be prepared, its
-// session must be gone before the branch can be finished by id.
+// drop discards the pinned connection. A prepared branch survives on the
+// server; it is finished by id from then on (finishByID, which waits until
+// the server has taken it over from the ended session).
 func (b *Branch) drop() {
 	if b.live {
 		b.live = false
 		discard(b.conn)
 		b.r.sessions.forget(b.connKey)
-		if b.state == stPrepared || b.state == stPrepareLost {
-			b.orphan = true
+	}
+}
+
+// batch runs stmts on the pinned connection: in one round trip (one
+// COM_QUERY) when the pool's connections take several statements, else
+// one by one. Whether they do is learnt once: without go-sql-driver's
+// MultiStatements the server refuses the joined text with 1064 and runs
+// none of it. With it, the server stops at the first error and the driver
+// returns that error, so an error reply means that the statements after
+// the failing one did not run.
+func (b *Branch) batch(ctx context.Context, stmts ...string) error {
+	r := b.r
+	if r.multi.Load() != multiOff {
+		_, err := b.conn.ExecContext(ctx, strings.Join(stmts, "; "))
+		if err == nil {
+			r.multi.CompareAndSwap(multiUnknown, multiOn)
+			return nil
+		}
+		if mysqlErrno(err) != erParse || r.multi.Load() == multiOn {
+			return err
+		}
+		r.multi.Store(multiOff)
+	}
+	for _, s := range stmts {
+		if _, err := b.conn.ExecContext(ctx, s); err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // written reports whether the session wrote a row since Begin.
@@ -306,10 +341,10 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 	if err != nil {
 		return 0, b.workFailed(what, err)
 	}
-	if err := b.exec(ctx, "XA END"); err != nil {
-		return 0, b.endFailed(what, err)
-	}
 	if !wrote {
+		if err := b.exec(ctx, "XA END"); err != nil {
+			return 0, b.endFailed(what, err)
+		}
 		if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
 			return 0, b.onePhaseFailed(what, err, true)
 		}
@@ -318,35 +353,31 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		b.release()
 		return resource.VoteReadOnly, nil
 	}
-	if err := b.exec(ctx, "XA PREPARE"); err != nil {
+	// The evidence row, then the vote, in one round trip where the
+	// connection allows it.
+	if err := b.batch(ctx, evidenceSQL(b.xid), "XA END "+b.lit, "XA PREPARE "+b.lit); err != nil {
 		switch {
 		case isConnErr(err) || isCtxErr(err):
 			b.state = stPrepareLost
 			b.drop()
 			return 0, wrapConn(what+" (the branch may be prepared: roll it back)", err)
-		case isRollbackOnly(err):
+		case mysqlErrno(err) == erDupEntry:
 			b.state = stRollbackOnly
-			return 0, wrap(what, resource.ErrPrepareRefused, err)
+			return 0, wrap(what+": the branch's evidence row exists already (its id was used before)", resource.ErrPrepareRefused, err)
+		case mysqlErrno(err) == erNoSuchTable || mysqlErrno(err) == erBadField:
+			b.state = stRollbackOnly
+			return 0, fmt.Errorf("%w: %w", resource.ErrPrepareRefused, b.r.markerErr(what+": inserting the evidence row", err))
 		}
-		// An error reply means XA PREPARE did not happen; the session is
-		// still in the IDLE state, which XA ROLLBACK ends.
+		// An error reply means XA PREPARE did not happen: the branch is
+		// ACTIVE (the INSERT failed), IDLE or rollback-only (XA END or XA
+		// PREPARE refused, 1402/1613/1614), all of which Rollback ends.
 		b.state = stRollbackOnly
 		return 0, wrap(what, resource.ErrPrepareRefused, err)
 	}
+	// The branch stays attached to its session and is finished there (on
+	// MySQL with xa_detach_on_prepare=ON the server has detached it, and
+	// Commit finishes it by id on the same connection).
 	b.state = stPrepared
-	switch {
-	case b.detachOnPrepare:
-		// MySQL detached the prepared XA from the session: the connection
-		// is clean, and the branch is finished by id.
-		b.release()
-	case !b.r.cfg.KeepAttached:
-		// Detach it ourselves by ending the session, so that recovery can
-		// finish the branch by id even while this coordinator stalls. The
-		// branch is prepared whatever happens next; if the wait fails,
-		// Commit and Rollback wait again.
-		b.drop()
-		_ = b.awaitDetach(ctx)
-	}
 	return resource.VotePrepared, nil
 }
 
@@ -448,45 +479,56 @@ func (b *Branch) Commit(ctx context.Context) error {
 }
 
 // finishPrepared commits or rolls back a prepared branch: on its own
-// session while that is alive, else by id from the pool.
+// session while that is alive, else by id (Resource.finishByID, which
+// takes the branch over from the ended session first).
+//
+// An OK on the session is authoritative on MariaDB, whose branch is
+// attached to it. MySQL's never is (its branch may be detached: the XA
+// COMMIT is then one by id, whatever the connection): the evidence row is
+// read after it.
 func (b *Branch) finishPrepared(ctx context.Context, what string, commit bool) error {
 	if b.live {
-		verb, done := "XA ROLLBACK", stRolledBack
+		verb := "XA ROLLBACK"
 		if commit {
-			verb, done = "XA COMMIT", stCommitted
+			verb = "XA COMMIT"
 		}
 		err := b.exec(ctx, verb)
 		if err == nil {
-			b.state = done
 			b.release()
+			if !commit {
+				b.state = stRolledBack
+				return nil
+			}
+			if b.r.System() != "mariadb" {
+				if err := b.r.proveCommit(ctx, what, b.xid, b.detachOnPrepare); err != nil {
+					// The branch is not on this session any more; a
+					// retry resolves it by id, through the evidence.
+					return err
+				}
+			}
+			b.state = stCommitted
 			return nil
 		}
-		if !isConnErr(err) && !isCtxErr(err) {
+		switch {
+		case isCtxErr(err):
+			b.drop()
+			return wrapConn(what, err)
+		case isConnErr(err):
+			// The session is gone: finish by id below.
+			b.drop()
+		case mysqlErrno(err) == erXAERNota || mysqlErrno(err) == erXARBRollback:
+			// Not (or no longer) this session's branch: a detached MySQL
+			// branch finished by someone else, say. Never proof of
+			// anything: resolved by id, through the evidence.
+			b.drop()
+		default:
 			return b.mapFinish(what, err)
 		}
-		b.drop()
-		if isCtxErr(err) {
-			return wrapConn(what, err)
-		}
-		// The session is gone: finish by id below.
 	}
-	return b.finishByID(ctx, what, commit)
-}
-
-// mapFinish maps an error of XA COMMIT/ROLLBACK on the pinned connection.
-func (b *Branch) mapFinish(what string, err error) error {
-	switch mysqlErrno(err) {
-	case erXAERNota:
-		return wrap(what, resource.ErrUnknownBranch, err)
-	case erXAERRmfail:
-		return wrap(what, resource.ErrBranchBusy, err)
-	}
-	return wrapConn(what, err)
-}
-
-// finishByID finishes a prepared branch whose session is gone.
-func (b *Branch) finishByID(ctx context.Context, what string, commit bool) error {
-	if err := b.awaitDetach(ctx); err != nil {
+	// The pinned connection is gone, but its session may still be running
+	// the last statement: only once it has ended does XA RECOVER tell
+	// the truth about the branch.
+	if err := b.r.endSession(ctx, uint64(b.threadID)); err != nil {
 		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
 	}
 	err := b.r.finishByID(ctx, b.xid, commit)
@@ -500,43 +542,12 @@ func (b *Branch) finishByID(ctx context.Context, what string, commit bool) error
 	return err
 }
 
-// awaitDetach makes sure the session that prepared the branch is gone, so
-// that the server has detached the prepared XA and by-id statements find
-// it: while the session lives, MariaDB answers 1397 XAER_NOTA for it.
-// MariaDB detaches the XA in THD::cleanup, before the session leaves the
-// process list, so a session missing from the list has been detached. A
-// session still listed is killed (users may kill their own sessions).
-func (b *Branch) awaitDetach(ctx context.Context) error {
-	if !b.orphan || b.threadID == 0 {
-		return nil
+// mapFinish maps an error of XA COMMIT/ROLLBACK on the pinned connection.
+func (b *Branch) mapFinish(what string, err error) error {
+	if mysqlErrno(err) == erXAERRmfail {
+		return wrap(what, resource.ErrBranchBusy, err)
 	}
-	killed := false
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		var n int
-		// A literal, not a bind parameter: one round trip instead of a
-		// server-side prepare and execute.
-		err := b.r.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = "+strconv.FormatInt(b.threadID, 10)).Scan(&n)
-		if err != nil {
-			return b.r.unreachable("waiting for the branch's old session to end", err)
-		}
-		if n == 0 {
-			b.orphan = false
-			return nil
-		}
-		if !killed {
-			killed = true
-			_, err := b.r.db.ExecContext(ctx, "KILL CONNECTION "+strconv.FormatInt(b.threadID, 10))
-			if err != nil && mysqlErrno(err) != erUnknownThread {
-				return b.r.unreachable("killing the branch's old session", err)
-			}
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: the session that prepared the branch is still ending: %w", resource.ErrBranchBusy, ctx.Err())
-		case <-time.After(delay):
-		}
-	}
+	return wrapConn(what, err)
 }
 
 // Rollback rolls the branch back whatever its state. Called from another
@@ -561,13 +572,12 @@ func (b *Branch) Rollback(ctx context.Context) error {
 		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)
 	case stActive, stRollbackOnly:
 		if b.live && !b.killed {
-			if b.state == stActive {
-				// XA ROLLBACK of an ACTIVE branch fails with 1399: end it
-				// first. An error here (1402/1613/1614: already rolled
-				// back by the server) still leaves the branch for XA
-				// ROLLBACK.
-				_ = b.exec(ctx, "XA END")
-			}
+			// XA ROLLBACK of an ACTIVE branch fails with 1399: end it
+			// first. A rollback-only branch may still be ACTIVE (a failed
+			// INSERT of its evidence row). An error here (1399 for an IDLE
+			// branch; 1402/1613/1614: already rolled back by the server)
+			// still leaves the branch for XA ROLLBACK.
+			_ = b.exec(ctx, "XA END")
 			if err := b.exec(ctx, "XA ROLLBACK"); err == nil {
 				b.state = stRolledBack
 				b.release()
@@ -599,15 +609,11 @@ func (b *Branch) killRunning(ctx context.Context) {
 	}
 }
 
-// closeDetachTimeout bounds how long Close waits for the server to detach
-// a prepared branch from its discarded session.
-const closeDetachTimeout = 2 * time.Second
-
 // Close releases the pinned connection. A connection whose branch is not
 // finished is discarded, never handed back to the pool; a prepared branch
-// survives on the server, and Close waits (briefly) until the server has
-// detached it so that it can be finished by id at once. Close is
-// idempotent.
+// survives on the server, detached from the ended session, and is
+// finished by id (which waits until the server has taken it over). Close
+// is idempotent.
 func (b *Branch) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -620,12 +626,5 @@ func (b *Branch) Close() error {
 		return nil
 	}
 	b.drop()
-	if b.orphan {
-		ctx, cancel := context.WithTimeout(context.Background(), closeDetachTimeout)
-		defer cancel()
-		if err := b.awaitDetach(ctx); err != nil && !errors.Is(err, resource.ErrBranchBusy) {
-			return fmt.Errorf("threepc/mysql: close of %s: %w", b.xid, err)
-		}
-	}
 	return nil
 }

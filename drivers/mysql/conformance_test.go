@@ -15,14 +15,9 @@ import (
 
 func TestConformance(t *testing.T) {
 	t.Run("Default", func(t *testing.T) { runConformance(t, Config{}) })
-	t.Run("KeepAttached", func(t *testing.T) { runConformance(t, Config{KeepAttached: true}) })
 	// The fastest setting: branches begin with XA START alone on a
-	// reused connection (the session id is cached).
-	t.Run("KeepAttachedNoReadOnlyVote", func(t *testing.T) {
-		runConformance(t, Config{KeepAttached: true, DisableReadOnlyVote: true})
-	})
-	// Detached without the vote: a read-only branch is prepared and
-	// detached, and MariaDB answers its by-id finish with 1402.
+	// reused connection (the session id is cached), and a read-only
+	// branch is prepared like any other.
 	t.Run("NoReadOnlyVote", func(t *testing.T) {
 		runConformance(t, Config{DisableReadOnlyVote: true})
 	})
@@ -67,7 +62,8 @@ func runConformance(t *testing.T, cfg Config) {
 				t.Fatal(err)
 			}
 		},
-		PrepareForeign: prepareForeign,
+		PrepareForeign:  prepareForeign,
+		RollbackOutside: rollbackOutside,
 	})
 }
 
@@ -111,5 +107,42 @@ func prepareForeign(t *testing.T, r resource.Resource) func() {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+}
+
+// rollbackOutside rolls back a prepared branch behind the driver's back,
+// as an operator would: KILL the session that holds it, wait (raw SQL,
+// not the driver's hand-over code) until InnoDB has taken it over, then
+// XA ROLLBACK by id. The wait reads INNODB_TRX only after leaving it
+// unread for 300 ms, so that the server refills its cache.
+func rollbackOutside(t *testing.T, r resource.Resource, xid resource.XID) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db := r.DB()
+	var database string
+	if err := db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&database); err != nil {
+		t.Fatal(err)
+	}
+	gtrid, bqual, formatID := xid.MySQL(resource.DatabaseTag(database))
+	lit := fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, formatID)
+	if xid.Session != 0 {
+		if _, err := db.ExecContext(ctx, fmt.Sprintf("KILL CONNECTION %d", xid.Session)); err != nil && mysqlErrno(err) != erUnknownThread {
+			t.Fatal(err)
+		}
+		for {
+			var n int
+			time.Sleep(300 * time.Millisecond)
+			q := fmt.Sprintf("SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d) + (SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = %d)", xid.Session, xid.Session)
+			if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	if _, err := db.ExecContext(ctx, "XA ROLLBACK "+lit); err != nil {
+		t.Fatalf("XA ROLLBACK %s: %v", lit, err)
 	}
 }

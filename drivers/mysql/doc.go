@@ -16,50 +16,60 @@
 //   - MariaDB (and MySQL before 8.0.29 or with xa_detach_on_prepare=OFF)
 //     keeps a prepared XA attached to the session that prepared it: another
 //     session gets 1397 XAER_NOTA for it, and the owning session can run
-//     nothing that touches a table (1399 XAER_RMFAIL). Recovery must be
-//     able to finish the branch of a stalled coordinator, so by default
-//     Prepare detaches the branch itself: right after XA PREPARE it ends
-//     the pinned session (the connection is discarded, not pooled) and
-//     waits until the session has left the process list (MariaDB detaches
-//     the XA in THD::cleanup, before that), killing it if it lingers (own
-//     sessions need no privilege). Commit and Rollback then finish the
-//     branch by id from a pool connection, as recovery would. This costs
-//     one reconnect per prepared branch; Config.KeepAttached keeps the
-//     branch on its session instead and commits it there, at the price of
-//     recovery seeing 1397 for it until the coordinator's connection dies
-//     (the branch then kills the old session and waits the same way
-//     before going by id). MySQL 8.0.29+ with xa_detach_on_prepare=ON
-//     detaches at prepare by itself; the pinned connection is then clean
-//     and goes back to the pool right after XA PREPARE.
+//     nothing that touches a table (1399 XAER_RMFAIL). A prepared branch
+//     stays on its pinned session and Commit and Rollback run there; on
+//     MariaDB that XA COMMIT's OK is authoritative. MySQL 8.0.29+ with
+//     xa_detach_on_prepare=ON detaches the branch at prepare: its id then
+//     records session 0, Commit finishes it by id on the same connection,
+//     and no MySQL OK is taken as proof (the evidence row is read).
+//   - The hand-over race. When a session holding a prepared XA ends,
+//     MariaDB makes the xid takeable and drops the session from the
+//     process list before InnoDB detaches the transaction from it; a by-id
+//     XA COMMIT in that window answers OK and commits nothing. A branch id
+//     carries the session that began it (resource.XID.Session), and every
+//     by-id finish (Resource.CommitPrepared and RollbackPrepared, and a
+//     Branch whose session broke) lists the branch with XA RECOVER, kills
+//     the holding session if it still runs, waits until it has left the
+//     process list and until information_schema.INNODB_TRX attributes no
+//     transaction to it any more, and only then sends XA COMMIT/ROLLBACK.
+//     INNODB_TRX is a cache that InnoDB refills only after 100 ms without
+//     readers, so a poll counts only if it shows a transaction the polling
+//     session started after the branch was prepared (a stale snapshot
+//     would show nothing, which proves nothing). Reading INNODB_TRX needs
+//     the PROCESS privilege, which Check verifies.
+//   - Evidence. Prepare inserts the branch's evidence row (gtid, resource
+//     name) into the marker table inside the branch, in the same round
+//     trip as XA END and XA PREPARE: one multi-statement COM_QUERY. Open
+//     sets go-sql-driver's MultiStatements on the connector it builds
+//     (user statements on the branch may then hold several statements
+//     too); a pool given to New may lack it, which the first Prepare
+//     detects (1064, nothing ran) and then sends the three statements one
+//     by one. An OK to a by-id XA COMMIT, 1397, 1402 or a branch missing
+//     from XA RECOVER is never taken for a commit: the evidence row is
+//     read (Resource.Committed), and a decided branch gone without it is
+//     reported as resource.ErrHeuristic, naming what to do (restart the
+//     MariaDB server, then run recovery).
 //   - A connection is never handed back to the pool in any XA state:
 //     Branch.Close discards (closes) a connection whose branch is not
 //     finished, and the server rolls back an unprepared XA or detaches a
 //     prepared one when the session ends (MariaDB 10.5+ and MySQL 8 keep
 //     it, recoverable by id and listed by XA RECOVER).
 //   - Read-only branches. MariaDB does not persist a prepared XA that wrote
-//     nothing: once such a branch is detached (its session ended) the server
-//     has already rolled it back, still lists it in XA RECOVER, and XA
-//     COMMIT and XA ROLLBACK by id both fail with 1402 XA_RBROLLBACK (and
-//     remove it). The driver therefore votes read-only itself: the branch
-//     records the session's Handler_write, Handler_update and
+//     nothing: once such a branch is detached the server has already
+//     rolled it back, and XA COMMIT by id fails with 1402 XA_RBROLLBACK.
+//     The evidence row makes every prepared branch a writer, so this no
+//     longer happens to threepc branches; the read-only vote still saves
+//     the prepare and the commit of a branch that wrote nothing: the
+//     branch records the session's Handler_write, Handler_update and
 //     Handler_delete counters before XA START and again before XA END; if
-//     none moved, the branch wrote no row in any table, and Prepare ends it
-//     with XA END + XA COMMIT ... ONE PHASE and returns
-//     resource.VoteReadOnly: nothing is left prepared and no Commit is
-//     needed. The counters count every row written through a storage
+//     none moved, Prepare ends it with XA END + XA COMMIT ... ONE PHASE
+//     and returns resource.VoteReadOnly (no evidence row: nothing is left
+//     to decide). The counters count every row written through a storage
 //     engine handler, including rows written by stored functions,
 //     triggers, INSERT IGNORE attempts and user temporary tables, so a
-//     branch that wrote is never classified read-only (a few that did not
-//     write in a way that matters are classified as writers, which is only
-//     slower). information_schema.INNODB_TRX was rejected: it needs the
-//     PROCESS privilege and is a cache refreshed at most every 100 ms, so
-//     it misses a session's latest writes. If the counters cannot be read
-//     (MySQL with performance_schema off), every branch votes prepared.
-//     A branch the driver voted prepared that MariaDB nevertheless considers
-//     read-only, found detached, answers 1402 on XA COMMIT/ROLLBACK by id;
-//     on MariaDB that code on a detached prepared XA means exactly this
-//     (the server sets it only for read-only branches on detach), so
-//     CommitPrepared and RollbackPrepared return nil for it.
+//     branch that wrote is never classified read-only. If the counters
+//     cannot be read (MySQL with performance_schema off), every branch
+//     votes prepared.
 //   - Rollback handles every branch state: ACTIVE (XA END first), IDLE,
 //     rollback-only after 1402/1613/1614, PREPARED (on the pinned
 //     connection, or by id), and a prepare whose outcome is unknown.
@@ -90,20 +100,23 @@
 // mysql.ErrInvalidConn, io.EOF, network errors, 1053, 1927, 2006, 2013) ->
 // ErrUnreachable.
 //
-// On MariaDB, 1397 for a prepared branch by id can also mean that the
-// branch is still attached to a live session (a coordinator's pinned
-// connection with Config.KeepAttached, or a session still ending). XA
-// RECOVER lists such a branch, so CommitPrepared and RollbackPrepared
-// check it after a 1397 and report ErrBranchBusy for a listed branch,
-// ErrUnknownBranch only for one the server does not list. Recovery must
-// still treat ErrUnknownBranch as "re-read the markers", never as "done",
-// as PROTOCOL.md requires.
+// A by-id finish that finds the branch unlisted resolves it through the
+// evidence row: a commit is nil if the row is there and wraps
+// resource.ErrHeuristic if not; a rollback wraps ErrUnknownBranch (or
+// ErrHeuristic if the branch committed).
 //
-// # Resource names
+// # Databases and namespaces
 //
 // XA RECOVER lists the prepared XA transactions of the whole server, not
-// of one schema. Recover keeps only branches whose bqual (the branch's
-// resource name) is this resource's name, so resource names must be unique
-// per server: two resources with the same name on two schemas of one
-// server would recover each other's branches.
+// of one schema. A branch's bqual carries the resource's name, the
+// deployment's namespace tag and the tag of the schema
+// (resource.DatabaseTag): Recover keeps only branches of this resource's
+// name and schema, of every namespace. The schema is the DSN's database
+// for Open (which refuses a DSN without one), else SELECT DATABASE() of
+// the pool, read once.
+//
+// Branch ids carry their session, so the server cannot refuse a second
+// Begin with an id already in use on another session (1440 XAER_DUPID
+// only within one session); the evidence row's primary key refuses it at
+// Prepare (resource.ErrPrepareRefused, 1062).
 package mysql

@@ -20,6 +20,9 @@ const (
 	erUnknownThread    = 1094 // ER_NO_SUCH_THREAD
 	erDupEntry         = 1062 // ER_DUP_ENTRY
 	erNoSuchTable      = 1146 // ER_NO_SUCH_TABLE
+	erDBAccessDenied   = 1044 // ER_DBACCESS_DENIED_ERROR
+	erBadField         = 1054 // ER_BAD_FIELD_ERROR
+	erParse            = 1064 // ER_PARSE_ERROR
 	erAccessDenied     = 1227 // ER_SPECIFIC_ACCESS_DENIED_ERROR
 	erXAERNota         = 1397 // XAER_NOTA: unknown XID
 	erXAERRmfail       = 1399 // XAER_RMFAIL: wrong XA state for the command
@@ -94,4 +97,21 @@ func isRollbackOnly(err error) bool {
 		return true
 	}
 	return false
+}
+
+// heuristic returns the error for a branch decided to commit that is gone
+// without its evidence row. byIDOK says that the server answered OK to a
+// by-id XA COMMIT: the hand-over race's orphan (MariaDB) is then the
+// likely cause.
+func heuristic(what string, byIDOK bool, cause error) error {
+	msg := "the branch is not prepared any more and its evidence row is missing: it was rolled back outside threepc, or lost by the server " +
+		"(MariaDB's hand-over race leaves it prepared but unlisted until a restart: restart the MariaDB server, then run recovery)"
+	if byIDOK {
+		msg = "the server answered OK to XA COMMIT by id, but the branch's evidence row is missing: the server may have committed nothing " +
+			"(MariaDB's hand-over race leaves the branch prepared but unlisted until a restart): restart the MariaDB server, then run recovery"
+	}
+	if cause != nil {
+		return fmt.Errorf("threepc/mysql: %s: %w: %s: %w", what, resource.ErrHeuristic, msg, cause)
+	}
+	return fmt.Errorf("threepc/mysql: %s: %w: %s", what, resource.ErrHeuristic, msg)
 }

@@ -11,26 +11,59 @@ import (
 
 var _ resource.MarkerCommitter = (*Branch)(nil)
 
-// insertMarkerSQL returns the INSERT of marker m with its values written
-// as literals. go-sql-driver sends a statement with bind parameters as
-// COM_STMT_PREPARE + COM_STMT_EXECUTE (two round trips, unless the DSN sets
-// interpolateParams); the literal form costs one. The values are
-// validated by m.Validate first; every text value is a hexadecimal
-// literal, which needs no escaping whatever the sql_mode or charset.
+// markerInsert starts an INSERT into the marker table; markerValues and
+// evidenceValues write its rows. go-sql-driver sends a statement with bind
+// parameters as COM_STMT_PREPARE + COM_STMT_EXECUTE (two round trips,
+// unless the DSN sets interpolateParams); the literal form costs one. The
+// values are validated first (Marker.Validate, XID.Validate); every text
+// value is a hexadecimal literal, which needs no escaping whatever the
+// sql_mode or charset.
+const markerInsert = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES "
+
+// insertMarkerSQL returns the INSERT of marker m.
 func insertMarkerSQL(m resource.Marker) string {
 	var sb strings.Builder
-	sb.Grow(160 + 2*(len(m.GTID)+len(m.Primary)+len(m.Owner)) + 2*len(m.Participants)*16)
-	sb.WriteString("INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES (")
-	hexLit(&sb, m.GTID)
+	sb.WriteString(markerInsert)
+	markerValues(&sb, m)
+	return sb.String()
+}
+
+// markerValues writes the row of marker m: branch ”.
+func markerValues(sb *strings.Builder, m resource.Marker) {
+	sb.Grow(64 + 2*(len(m.GTID)+len(m.Primary)+len(m.Owner)) + 2*len(m.Participants)*16)
+	sb.WriteString("(")
+	hexLit(sb, m.GTID)
+	sb.WriteString(", '', ")
+	hexLit(sb, string(m.State))
 	sb.WriteString(", ")
-	hexLit(&sb, string(m.State))
+	hexLit(sb, m.Primary)
 	sb.WriteString(", ")
-	hexLit(&sb, m.Primary)
+	hexLit(sb, resource.JoinParticipants(m.Participants))
 	sb.WriteString(", ")
-	hexLit(&sb, resource.JoinParticipants(m.Participants))
+	hexLit(sb, m.Owner)
 	sb.WriteString(", ")
-	hexLit(&sb, m.Owner)
+	hexLit(sb, m.Space)
 	sb.WriteString(")")
+}
+
+// evidenceValues writes the evidence row of branch x (resource.EvidenceState).
+func evidenceValues(sb *strings.Builder, x resource.XID) {
+	sb.WriteString("(")
+	hexLit(sb, x.GTID)
+	sb.WriteString(", ")
+	hexLit(sb, x.Branch)
+	sb.WriteString(", '" + resource.EvidenceState + "', ")
+	hexLit(sb, x.Primary)
+	sb.WriteString(", '', '', ")
+	hexLit(sb, x.Space)
+	sb.WriteString(")")
+}
+
+// evidenceSQL returns the INSERT of the evidence row of branch x.
+func evidenceSQL(x resource.XID) string {
+	var sb strings.Builder
+	sb.WriteString(markerInsert)
+	evidenceValues(&sb, x)
 	return sb.String()
 }
 
@@ -54,16 +87,18 @@ func hexLit(sb *strings.Builder, s string) {
 	sb.WriteString("'")
 }
 
-// CommitWithMarker commits the branch one-phase with the marker row m
-// inserted inside its XA transaction (the "logging last resource"
-// optimization: this commit is the commit point): INSERT, XA END, XA
-// COMMIT ... ONE PHASE on the pinned connection.
+// CommitWithMarker commits the branch one-phase with the marker row m and
+// the branch's evidence row inserted inside its XA transaction (the
+// "logging last resource" optimization: this commit is the commit point):
+// one multi-row INSERT, XA END, XA COMMIT ... ONE PHASE on the pinned
+// connection, in one round trip where the connection takes several
+// statements.
 //
 // A row for m.GTID already there (1062) ends the branch with XA END + XA
 // ROLLBACK and returns an error wrapping resource.ErrMarkerExists. Any
 // other refusal rolls the branch back and wraps resource.ErrPrepareRefused.
 // A connection lost before XA COMMIT was sent leaves an unprepared XA that
-// the server rolls back with its session; lost while XA COMMIT is in
+// the server rolls back with its session; lost while XA COMMIT may be in
 // flight, the outcome is unknown. Both wrap resource.ErrUnreachable: the
 // marker table, whose primary key serialises this insert against any
 // other for the gtid, tells the outcome.
@@ -83,48 +118,44 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
 	}
-	if _, err := b.conn.ExecContext(ctx, insertMarkerSQL(m)); err != nil {
-		if isConnErr(err) || isCtxErr(err) {
-			// Not committed, and never will be: an unprepared XA dies
-			// with its session. The caller still resolves it through the
-			// marker table.
-			b.state = stRolledBack
-			b.drop()
-			return wrapConn(what+" (the branch is rolled back with its session)", err)
-		}
-		b.rollbackUnprepared(ctx)
-		if mysqlErrno(err) == erDupEntry {
-			return wrap(what+" (rolled back)", resource.ErrMarkerExists, err)
-		}
+	var ins strings.Builder
+	ins.WriteString(markerInsert)
+	markerValues(&ins, m)
+	ins.WriteString(", ")
+	evidenceValues(&ins, b.xid)
+	err := b.batch(ctx, ins.String(), "XA END "+b.lit, "XA COMMIT "+b.lit+" ONE PHASE")
+	if err == nil {
+		b.state = stCommitted
+		b.release()
+		return nil
+	}
+	if isConnErr(err) || isCtxErr(err) {
+		// Maybe committed (XA COMMIT may have been sent), maybe rolled
+		// back with the session: the caller resolves it through the
+		// marker table.
+		b.state = stOnePhaseLost
+		b.drop()
+		return wrapConn(what+" (outcome unknown: resolve it through the marker table)", err)
+	}
+	// An error reply: nothing committed, and the statements after the
+	// failing one did not run.
+	b.rollbackUnprepared(ctx)
+	switch mysqlErrno(err) {
+	case erDupEntry:
+		return wrap(what+" (rolled back)", resource.ErrMarkerExists, err)
+	case erNoSuchTable, erBadField:
 		return fmt.Errorf("%w: %w", resource.ErrPrepareRefused, b.r.markerErr(what+" (rolled back)", err))
 	}
-	if err := b.exec(ctx, "XA END"); err != nil {
-		err = b.endFailed(what, err)
-		if b.state == stRollbackOnly {
-			b.rollbackUnprepared(ctx)
-		}
-		return err
-	}
-	if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
-		err = b.onePhaseFailed(what, err, false)
-		if b.state == stRollbackOnly {
-			b.rollbackUnprepared(ctx)
-		}
-		return err
-	}
-	b.state = stCommitted
-	b.release()
-	return nil
+	return wrap(what+" (rolled back)", resource.ErrPrepareRefused, err)
 }
 
 // rollbackUnprepared ends a branch that was never prepared after a failed
-// statement: XA END (which may fail when the server has already made the
-// branch rollback-only) and XA ROLLBACK; should that fail, the session is
-// discarded, which rolls the XA back on the server. Callers hold mu.
+// statement: XA END (which fails when the branch is IDLE already or the
+// server has made it rollback-only) and XA ROLLBACK; should that fail, the
+// session is discarded, which rolls the XA back on the server. Callers
+// hold mu.
 func (b *Branch) rollbackUnprepared(ctx context.Context) {
-	if b.state == stActive {
-		_ = b.exec(ctx, "XA END")
-	}
+	_ = b.exec(ctx, "XA END")
 	b.state = stRolledBack
 	if err := b.exec(ctx, "XA ROLLBACK"); err != nil {
 		b.drop()

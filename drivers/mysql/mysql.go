@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mysqldriver "github.com/go-sql-driver/mysql"
@@ -29,33 +30,29 @@ type Config struct {
 	// be measured against its absence. It also saves the two status
 	// queries per branch that read-only detection costs.
 	DisableReadOnlyVote bool
-
-	// KeepAttached keeps a prepared branch attached to its pinned session
-	// (MariaDB, and MySQL with xa_detach_on_prepare=OFF) and commits it
-	// there, saving the reconnect that detaching costs. The price: while
-	// the coordinator holds the branch, the server answers 1397 XAER_NOTA
-	// to everyone else, so recovery cannot finish the branch of a stalled
-	// coordinator until its connection dies. By default Prepare ends the
-	// session right after XA PREPARE, which detaches the branch, and
-	// Commit and Rollback finish it by id.
-	KeepAttached bool
 }
 
 // URL and DSN parameters that Open takes as Config fields rather than
 // passing them to the server as session variables.
 const (
-	// ParamKeepAttached ("true"/"false") sets Config.KeepAttached.
-	ParamKeepAttached = "threepc_keep_attached"
 	// ParamReadOnlyVote ("true"/"false") clears Config.DisableReadOnlyVote
 	// when true and sets it when false.
 	ParamReadOnlyVote = "threepc_read_only_vote"
 )
 
+// paramKeepAttached chose the detached mode of the "3pc1" driver, which is
+// gone: a prepared branch always stays on its session (see the package
+// documentation). It is refused rather than passed to the server as a
+// session variable, which would fail with a less helpful error.
+const paramKeepAttached = "threepc_keep_attached"
+
 // takeParams moves the driver's own parameters from dc into cfg, so that
 // a URL alone (as the threepc command takes it) can choose them.
 func takeParams(dc *mysqldriver.Config, cfg *Config) error {
+	if _, ok := dc.Params[paramKeepAttached]; ok {
+		return fmt.Errorf("threepc/mysql: parameter %s was removed: prepared branches always stay attached to their session and commit there; drop the parameter", paramKeepAttached)
+	}
 	for name, set := range map[string]func(bool){
-		ParamKeepAttached: func(v bool) { cfg.KeepAttached = v },
 		ParamReadOnlyVote: func(v bool) { cfg.DisableReadOnlyVote = !v },
 	} {
 		s, ok := dc.Params[name]
@@ -79,14 +76,27 @@ type Resource struct {
 	name   string
 	db     *sql.DB
 	ownsDB bool
-	dbname string
 	cfg    Config
 
 	mu      sync.Mutex
 	version *serverVersion // nil until detected
+	dbname  string         // the schema: from Open's DSN, or SELECT DATABASE() with the version
+	dbTag   string         // resource.DatabaseTag(dbname), "" until known
+
+	// multi says whether the pool's connections take several statements
+	// in one COM_QUERY (go-sql-driver's MultiStatements): multiUnknown
+	// until the first try on a pool given to New.
+	multi atomic.Int32
 
 	sessions sessionCache
 }
+
+// States of Resource.multi.
+const (
+	multiUnknown int32 = iota
+	multiOn
+	multiOff
+)
 
 var _ resource.Resource = (*Resource)(nil)
 
@@ -132,6 +142,12 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 	if err != nil {
 		return nil, err
 	}
+	if dc.DBName == "" {
+		return nil, fmt.Errorf("threepc/mysql: the DSN names no database: the marker table lives in one, and branch ids name it (XA RECOVER lists the whole server)")
+	}
+	// Prepare sends the evidence row's INSERT, XA END and XA PREPARE in
+	// one round trip.
+	dc.MultiStatements = true
 	// The driver reads created_at with UNIX_TIMESTAMP itself, so parseTime
 	// is not needed; these settings only make DATETIME values of user
 	// queries come back as time.Time in UTC, a sane default.
@@ -153,6 +169,8 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 	}
 	r.ownsDB = true
 	r.dbname = dc.DBName
+	r.dbTag = resource.DatabaseTag(dc.DBName)
+	r.multi.Store(multiOn)
 	return r, nil
 }
 
@@ -160,9 +178,14 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 // (tracing.ServerAddresser).
 func (r *Resource) ServerAddress() string { return r.cfg.Address }
 
-// DatabaseName is the schema's name when the resource was made by Open, ""
-// otherwise (tracing.DatabaseNamer).
-func (r *Resource) DatabaseName() string { return r.dbname }
+// DatabaseName is the schema's name: from the DSN when the resource was
+// made by Open, else known once the resource has talked to the server
+// ("" before) (tracing.DatabaseNamer).
+func (r *Resource) DatabaseName() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dbname
+}
 
 // ParseURL converts a URL "mysql://user:password@host:port/database?params"
 // into a go-sql-driver configuration. The port defaults to 3306; query
@@ -254,24 +277,42 @@ func (r *Resource) Close() error {
 
 // serverVersion returns the server's version, detected once.
 func (r *Resource) serverVersion(ctx context.Context) (serverVersion, error) {
+	v, _, err := r.serverInfo(ctx)
+	return v, err
+}
+
+// serverInfo returns the server's version and the DatabaseTag of the
+// resource's schema, detected once (one query): branch ids carry the tag,
+// and Recover keeps only branches that carry it.
+func (r *Resource) serverInfo(ctx context.Context) (serverVersion, string, error) {
 	r.mu.Lock()
-	v := r.version
+	v, tag := r.version, r.dbTag
 	r.mu.Unlock()
-	if v != nil {
-		return *v, nil
+	if v != nil && tag != "" {
+		return *v, tag, nil
 	}
-	var s string
-	if err := r.db.QueryRowContext(ctx, "SELECT VERSION()").Scan(&s); err != nil {
-		return serverVersion{}, r.unreachable("SELECT VERSION()", err)
+	var (
+		s      string
+		dbname sql.NullString
+	)
+	if err := r.db.QueryRowContext(ctx, "SELECT VERSION(), DATABASE()").Scan(&s, &dbname); err != nil {
+		return serverVersion{}, "", r.unreachable("SELECT VERSION()", err)
 	}
 	pv, err := parseVersion(s)
 	if err != nil {
-		return serverVersion{}, err
+		return serverVersion{}, "", err
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dbTag == "" {
+		if !dbname.Valid || dbname.String == "" {
+			return serverVersion{}, "", fmt.Errorf("threepc/mysql: resource %q: the pool's connections have no default database (SELECT DATABASE() is NULL): name one in the DSN; the marker table lives there, and branch ids name it", r.name)
+		}
+		r.dbname = dbname.String
+		r.dbTag = resource.DatabaseTag(dbname.String)
+	}
 	r.version = &pv
-	r.mu.Unlock()
-	return pv, nil
+	return pv, r.dbTag, nil
 }
 
 // unreachable wraps err, naming the server's address when err is a
@@ -285,8 +326,10 @@ func (r *Resource) unreachable(what string, err error) error {
 
 // Check verifies that the server can run threepc transactions: it is
 // reachable, it is MariaDB 10.5+ or MySQL 8+, InnoDB supports XA, the
-// user may run XA RECOVER (MySQL 8: XA_RECOVER_ADMIN), and the marker
-// table exists.
+// user may run XA RECOVER (MySQL 8: XA_RECOVER_ADMIN) and read
+// information_schema.INNODB_TRX where a hand-over needs it (PROCESS), and
+// the marker table exists with migration 2 applied (the branch column of
+// evidence rows).
 func (r *Resource) Check(ctx context.Context) error {
 	if err := r.db.PingContext(ctx); err != nil {
 		addr := r.cfg.Address
@@ -295,7 +338,7 @@ func (r *Resource) Check(ctx context.Context) error {
 		}
 		return fmt.Errorf("threepc/mysql: cannot reach %s: %w: %w", addr, resource.ErrUnreachable, err)
 	}
-	v, err := r.serverVersion(ctx)
+	v, _, err := r.serverInfo(ctx)
 	if err != nil {
 		return err
 	}
@@ -315,8 +358,20 @@ func (r *Resource) Check(ctx context.Context) error {
 	if _, err := r.recover(ctx); err != nil {
 		return err
 	}
+	if v.attachesPrepared() {
+		// The hand-over of a branch attached to a stalled session waits on
+		// INNODB_TRX, which needs PROCESS.
+		var n int
+		err := r.db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = CONNECTION_ID()").Scan(&n)
+		if err != nil {
+			if mysqlErrno(err) == erAccessDenied || mysqlErrno(err) == erDBAccessDenied {
+				return wrap("reading information_schema.INNODB_TRX: the database user needs the PROCESS privilege (to tell when the server has taken over a prepared branch from a session that ended); run: GRANT PROCESS ON *.* TO '<user>'@'<host>'", resource.ErrMissingPrivilege, err)
+			}
+			return r.unreachable("reading information_schema.INNODB_TRX", err)
+		}
+	}
 	var one int
-	err = r.db.QueryRowContext(ctx, "SELECT 1 FROM "+resource.MarkerTable+" LIMIT 1").Scan(&one)
+	err = r.db.QueryRowContext(ctx, "SELECT 1 FROM "+resource.MarkerTable+" WHERE branch = '' AND space = '' LIMIT 1").Scan(&one)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return r.markerErr("checking the marker table", err)
 	}
@@ -325,8 +380,11 @@ func (r *Resource) Check(ctx context.Context) error {
 
 // markerErr maps errors of statements on the marker table.
 func (r *Resource) markerErr(what string, err error) error {
-	if mysqlErrno(err) == erNoSuchTable {
+	switch mysqlErrno(err) {
+	case erNoSuchTable:
 		return wrap(what+": table "+resource.MarkerTable+" does not exist; run the threepc migrations (package migrations, DialectMySQL, or `threepc migrate`)", resource.ErrMarkerTableMissing, err)
+	case erBadField:
+		return wrap(what+": table "+resource.MarkerTable+" predates migration 2 (no branch and space columns for evidence rows and namespaces); run the threepc migrations (package migrations, DialectMySQL, or `threepc migrate`)", resource.ErrMarkerTableMissing, err)
 	}
 	return r.unreachable(what, err)
 }
@@ -335,8 +393,8 @@ func (r *Resource) markerErr(what string, err error) error {
 // Hexadecimal literals need no escaping whatever the sql_mode
 // (NO_BACKSLASH_ESCAPES) or connection charset; the parts are validated
 // before anyway.
-func xidLiteral(x resource.XID) string {
-	gtrid, bqual, formatID := x.MySQL()
+func xidLiteral(x resource.XID, dbTag string) string {
+	gtrid, bqual, formatID := x.MySQL(dbTag)
 	return fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, formatID)
 }
 
@@ -351,15 +409,14 @@ func (r *Resource) checkXID(x resource.XID) error {
 	return nil
 }
 
-// CommitPrepared commits a prepared branch by id from a pool connection.
-// 1397 XAER_NOTA maps to resource.ErrUnknownBranch when XA RECOVER does not
-// list the branch; when it does, the branch is prepared but attached to a
-// live session (MariaDB, Config.KeepAttached or a session still ending)
-// and the error wraps resource.ErrBranchBusy instead, as does 1399
-// XAER_RMFAIL. On
-// MariaDB, 1402 XA_RBROLLBACK for a detached prepared branch means that
-// the branch wrote nothing (the server rolled it back when its session
-// ended); committing such a branch is a no-op, so nil is returned.
+// CommitPrepared commits a prepared branch by id from a pool connection,
+// taking it over from the session that holds it first (see the package
+// documentation: the session is killed, and the server must have handed
+// the branch to the storage engine before XA COMMIT by id is safe). An OK
+// to a by-id XA COMMIT is not proof on MariaDB or MySQL: nil is returned
+// only once the branch's evidence row is visible. A branch that is gone
+// without its evidence wraps resource.ErrHeuristic; one still held by a
+// session when ctx ends wraps resource.ErrBranchBusy.
 func (r *Resource) CommitPrepared(ctx context.Context, xid resource.XID) error {
 	if err := r.checkXID(xid); err != nil {
 		return err
@@ -367,8 +424,10 @@ func (r *Resource) CommitPrepared(ctx context.Context, xid resource.XID) error {
 	return r.finishByID(ctx, xid, true)
 }
 
-// RollbackPrepared rolls back a prepared branch by id, with the same error
-// mapping as CommitPrepared.
+// RollbackPrepared rolls back a prepared branch by id, taking it over
+// first as CommitPrepared does. A branch that is gone gives
+// resource.ErrUnknownBranch, or resource.ErrHeuristic if its evidence row
+// shows that it committed.
 func (r *Resource) RollbackPrepared(ctx context.Context, xid resource.XID) error {
 	if err := r.checkXID(xid); err != nil {
 		return err
@@ -376,79 +435,39 @@ func (r *Resource) RollbackPrepared(ctx context.Context, xid resource.XID) error
 	return r.finishByID(ctx, xid, false)
 }
 
-func (r *Resource) finishByID(ctx context.Context, xid resource.XID, commit bool) error {
-	v, err := r.serverVersion(ctx)
-	if err != nil {
-		return err
-	}
-	verb := "XA ROLLBACK"
-	if commit {
-		verb = "XA COMMIT"
-	}
-	what := fmt.Sprintf("%s of %s", verb, xid)
-	// A connection of its own, so that an error can discard it: XA COMMIT
-	// by id leaves no XA state in the session, but a broken statement
-	// might.
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return r.unreachable(what, err)
-	}
-	_, err = conn.ExecContext(ctx, verb+" "+xidLiteral(xid))
-	if err != nil && mysqlErrno(err) == 0 {
-		discard(conn)
-	} else {
-		_ = conn.Close()
-	}
-	if err == nil {
-		return nil
-	}
-	switch mysqlErrno(err) {
-	case erXAERNota:
-		// MariaDB also says 1397 for a branch prepared and still attached
-		// to a live session. XA RECOVER lists those: such a branch is
-		// busy, not unknown.
-		all, rerr := r.recover(ctx)
-		if rerr != nil {
-			return fmt.Errorf("threepc/mysql: %s: %w (and XA RECOVER, to tell whether the branch is attached to another session, failed: %w)", what, err, rerr)
-		}
-		for _, x := range all {
-			if x == xid {
-				return wrap(what+": the prepared branch is attached to another live session; retry once that session ends", resource.ErrBranchBusy, err)
-			}
-		}
-		return wrap(what, resource.ErrUnknownBranch, err)
-	case erXAERRmfail:
-		return wrap(what, resource.ErrBranchBusy, err)
-	case erXARBRollback:
-		if v.system == "mariadb" {
-			return nil
-		}
-		return wrap(what, resource.ErrUnknownBranch, err)
-	}
-	return r.unreachable(what, err)
-}
-
-// Recover lists this resource's prepared branches. XA RECOVER lists the
-// whole server; entries that threepc did not write, and branches of other
-// resources (other names) are left out.
+// Recover lists this resource's prepared branches: XA RECOVER lists the
+// whole server, so entries that threepc did not write, branches of other
+// databases (the database tag in the id) and of other resources (the name)
+// are left out. Every namespace is listed.
 func (r *Resource) Recover(ctx context.Context) ([]resource.PreparedBranch, error) {
+	_, tag, err := r.serverInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
 	all, err := r.recover(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []resource.PreparedBranch
-	for _, x := range all {
-		if x.Branch == r.name {
-			out = append(out, resource.PreparedBranch{XID: x})
+	for _, p := range all {
+		if p.dbTag == tag && p.xid.Branch == r.name {
+			out = append(out, resource.PreparedBranch{XID: p.xid})
 		}
 	}
 	return out, nil
 }
 
+// listedXID is a threepc branch listed by XA RECOVER.
+type listedXID struct {
+	xid   resource.XID
+	dbTag string
+}
+
 // recover runs plain XA RECOVER, whose data column is the raw bytes of
 // gtrid followed by bqual (XA RECOVER CONVERT XID would hex-encode them
-// into SQL that has to be parsed again), and returns every threepc XID.
-func (r *Resource) recover(ctx context.Context) ([]resource.XID, error) {
+// into SQL that has to be parsed again), and returns every threepc XID of
+// the server, whatever its database.
+func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
 	rows, err := r.db.QueryContext(ctx, "XA RECOVER")
 	if err != nil {
 		if mysqlErrno(err) == erAccessDenied {
@@ -457,7 +476,7 @@ func (r *Resource) recover(ctx context.Context) ([]resource.XID, error) {
 		return nil, r.unreachable("XA RECOVER", err)
 	}
 	defer rows.Close()
-	var out []resource.XID
+	var out []listedXID
 	for rows.Next() {
 		var formatID, gtridLen, bqualLen int64
 		var data []byte
@@ -467,15 +486,34 @@ func (r *Resource) recover(ctx context.Context) ([]resource.XID, error) {
 		if gtridLen < 0 || bqualLen < 0 || gtridLen+bqualLen != int64(len(data)) {
 			continue
 		}
-		x, ok := resource.ParseMySQL(int(formatID), string(data[:gtridLen]), string(data[gtridLen:]))
+		x, tag, ok := resource.ParseMySQL(int(formatID), string(data[:gtridLen]), string(data[gtridLen:]))
 		if ok {
-			out = append(out, x)
+			out = append(out, listedXID{xid: x, dbTag: tag})
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return nil, r.unreachable("XA RECOVER", err)
 	}
 	return out, nil
+}
+
+// Committed reports whether the evidence row of the branch is visible: a
+// plain (non-locking) read, which a prepared branch's lock on the row
+// does not block.
+func (r *Resource) Committed(ctx context.Context, xid resource.XID) (bool, error) {
+	if err := r.checkXID(xid); err != nil {
+		return false, err
+	}
+	var sb strings.Builder
+	sb.WriteString("SELECT COUNT(*) FROM " + resource.MarkerTable + " WHERE gtid = ")
+	hexLit(&sb, xid.GTID)
+	sb.WriteString(" AND branch = ")
+	hexLit(&sb, xid.Branch)
+	var n int
+	if err := r.db.QueryRowContext(ctx, sb.String()).Scan(&n); err != nil {
+		return false, r.markerErr("reading the evidence of "+xid.String(), err)
+	}
+	return n > 0, nil
 }
 
 // InsertMarker inserts a marker row; a row for the gtid already there
@@ -496,33 +534,35 @@ func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
 
 // markerColumns are read by scanMarker. created_at is read as
 // microseconds since the epoch, which does not depend on the session's
-// time_zone nor on the driver's parseTime setting.
-const markerColumns = "gtid, state, primary_name, participants, owner, CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED)"
+// time_zone nor on the driver's parseTime setting; the age is measured by
+// the database's clock.
+const markerColumns = "gtid, state, primary_name, participants, owner, space, CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED), TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6))"
 
 func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
 	var (
 		m            resource.Marker
 		state, parts string
-		micros       int64
+		micros, age  int64
 	)
-	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &micros); err != nil {
+	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.Space, &micros, &age); err != nil {
 		return resource.Marker{}, err
 	}
 	m.State = resource.MarkerState(state)
 	m.Participants = resource.SplitParticipants(parts)
 	m.CreatedAt = time.UnixMicro(micros)
+	m.Age = time.Duration(age) * time.Microsecond
 	return m, nil
 }
 
-// ReadMarker reads the marker row of gtid, or fails with
-// resource.ErrNoMarker.
+// ReadMarker reads the marker row of gtid (not its evidence rows), or
+// fails with resource.ErrNoMarker.
 func (r *Resource) ReadMarker(ctx context.Context, gtid string) (resource.Marker, error) {
 	if err := resource.ValidateGTID(gtid); err != nil {
 		return resource.Marker{}, fmt.Errorf("threepc/mysql: %w", err)
 	}
 	// A literal (validated above) instead of a bind parameter saves the
 	// server-side prepare round trip.
-	m, err := scanMarker(r.db.QueryRowContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE gtid = '"+gtid+"'"))
+	m, err := scanMarker(r.db.QueryRowContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE gtid = '"+gtid+"' AND branch = ''"))
 	if errors.Is(err, sql.ErrNoRows) {
 		return resource.Marker{}, fmt.Errorf("threepc/mysql: marker of %s: %w", gtid, resource.ErrNoMarker)
 	}
@@ -532,9 +572,10 @@ func (r *Resource) ReadMarker(ctx context.Context, gtid string) (resource.Marker
 	return m, nil
 }
 
-// ListMarkers lists every marker row, ordered by gtid (so by age).
+// ListMarkers lists every marker row (not the evidence rows), ordered by
+// gtid (so by age).
 func (r *Resource) ListMarkers(ctx context.Context) ([]resource.Marker, error) {
-	rows, err := r.db.QueryContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" ORDER BY gtid")
+	rows, err := r.db.QueryContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE branch = '' ORDER BY gtid")
 	if err != nil {
 		return nil, r.markerErr("listing markers", err)
 	}
@@ -553,12 +594,13 @@ func (r *Resource) ListMarkers(ctx context.Context) ([]resource.Marker, error) {
 	return out, nil
 }
 
-// deleteBatch bounds the placeholders of one DELETE.
+// deleteBatch bounds the literals of one statement.
 const deleteBatch = 500
 
-// DeleteMarkers deletes the marker rows of gtids; missing rows are not an
-// error.
-func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
+// gtidBatches validates gtids and calls f with each batch written as a
+// list of literals: one round trip per batch instead of a server-side
+// prepare and execute. ValidateGTID restricts gtids to Crockford base32.
+func gtidBatches(gtids []string, f func(list string) error) error {
 	for _, g := range gtids {
 		if err := resource.ValidateGTID(g); err != nil {
 			return fmt.Errorf("threepc/mysql: %w", err)
@@ -566,25 +608,44 @@ func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
 	}
 	for len(gtids) > 0 {
 		n := min(len(gtids), deleteBatch)
-		// Literals rather than bind parameters: one round trip instead
-		// of a server-side prepare and execute. ValidateGTID above
-		// restricts gtids to Crockford base32.
 		var q strings.Builder
-		q.Grow(64 + n*(len(gtids[0])+4))
-		q.WriteString("DELETE FROM " + resource.MarkerTable + " WHERE gtid IN (")
+		q.Grow(n * (resource.GTIDLen + 4))
 		for i, g := range gtids[:n] {
 			if i > 0 {
 				q.WriteString(", ")
 			}
 			q.WriteString("'" + g + "'")
 		}
-		q.WriteString(")")
-		if _, err := r.db.ExecContext(ctx, q.String()); err != nil {
-			return r.markerErr("deleting markers", err)
+		if err := f(q.String()); err != nil {
+			return err
 		}
 		gtids = gtids[n:]
 	}
 	return nil
+}
+
+// Tombstone turns the precommit marker rows of gtids into committed
+// tombstones, one statement per batch.
+func (r *Resource) Tombstone(ctx context.Context, gtids ...string) error {
+	return gtidBatches(gtids, func(list string) error {
+		_, err := r.db.ExecContext(ctx, "UPDATE "+resource.MarkerTable+" SET state = '"+string(resource.StateCommitted)+
+			"' WHERE branch = '' AND state = '"+string(resource.StatePreCommit)+"' AND gtid IN ("+list+")")
+		if err != nil {
+			return r.markerErr("writing tombstones", err)
+		}
+		return nil
+	})
+}
+
+// DeleteMarkers deletes every row of gtids (markers, tombstones and
+// evidence rows), one statement per batch; missing rows are not an error.
+func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
+	return gtidBatches(gtids, func(list string) error {
+		if _, err := r.db.ExecContext(ctx, "DELETE FROM "+resource.MarkerTable+" WHERE gtid IN ("+list+")"); err != nil {
+			return r.markerErr("deleting markers", err)
+		}
+		return nil
+	})
 }
 
 // discard closes conn instead of handing it back to the pool: returning

@@ -90,7 +90,7 @@ func newGTID() string {
 }
 
 func newXID(r *Resource) resource.XID {
-	return resource.XID{GTID: newGTID(), Primary: "primary", Branch: r.Name()}
+	return resource.XID{GTID: newGTID(), Primary: "primary", Branch: r.Name(), Space: resource.SpaceTag("")}
 }
 
 func mustBegin(t *testing.T, r *Resource, x resource.XID) *Branch {
@@ -141,11 +141,14 @@ func rawRecover(t *testing.T, db *sql.DB) []string {
 	return out
 }
 
+// listed reports whether XA RECOVER lists branch x (any session).
 func listed(t *testing.T, db *sql.DB, x resource.XID) bool {
-	g, b, f := x.MySQL()
-	want := fmt.Sprintf("%s/%s/%d", g, b, f)
 	for _, s := range rawRecover(t, db) {
-		if s == want {
+		parts := strings.Split(s, "/")
+		if len(parts) != 3 {
+			continue
+		}
+		if y, _, ok := resource.ParseMySQL(resource.MySQLFormatID, parts[0], parts[1]); ok && parts[2] == fmt.Sprint(resource.MySQLFormatID) && y.SameBranch(x) {
 			return true
 		}
 	}
@@ -189,13 +192,16 @@ func wantErrno(t *testing.T, err error, n uint16) {
 	}
 }
 
-// TestKeepAttached: with Config.KeepAttached the prepared branch stays on
-// its pinned session, where it is committed; other sessions get 1397.
-func TestKeepAttached(t *testing.T) {
-	r, db := newResource(t, "shop", Config{KeepAttached: true})
+// TestAttached: the prepared branch stays on its pinned session, where
+// it is committed; its id carries that session.
+func TestAttached(t *testing.T) {
+	r, db := newResource(t, "shop", Config{})
 	ctx := testCtx(t)
-	x := newXID(r)
-	b := mustBegin(t, r, x)
+	b := mustBegin(t, r, newXID(r))
+	x := b.XID()
+	if x.Session == 0 || x.Session != uint64(b.threadID) {
+		t.Errorf("XID().Session = %d, want the session %d", x.Session, b.threadID)
+	}
 	mustExec(t, b, "INSERT INTO t VALUES (1, 10)")
 	vote, err := b.Prepare(ctx)
 	if err != nil || vote != resource.VotePrepared {
@@ -208,13 +214,9 @@ func TestKeepAttached(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].XID != x {
 		t.Fatalf("Recover = %v, %v; want %v", got, err, x)
 	}
-	// Attached to the pinned session: another session gets 1397 for it,
-	// which the driver reports as busy since XA RECOVER lists it.
-	err = r.CommitPrepared(ctx, x)
-	if !errors.Is(err, resource.ErrBranchBusy) || errors.Is(err, resource.ErrUnknownBranch) {
-		t.Fatalf("CommitPrepared of an attached branch = %v, want ErrBranchBusy", err)
+	if ok, err := r.Committed(ctx, x); err != nil || ok {
+		t.Fatalf("Committed of a prepared branch = %v, %v", ok, err)
 	}
-	wantErrno(t, err, 1397)
 	if n := count(t, db, "SELECT COUNT(*) FROM t"); n != 0 {
 		t.Fatalf("prepared row visible: %d", n)
 	}
@@ -233,18 +235,28 @@ func TestKeepAttached(t *testing.T) {
 	if n := count(t, db, "SELECT COUNT(*) FROM t WHERE v = 10"); n != 1 {
 		t.Fatalf("committed row count %d", n)
 	}
+	if ok, err := r.Committed(ctx, x); err != nil || !ok {
+		t.Fatalf("Committed after Commit = %v, %v", ok, err)
+	}
 	if listed(t, db, x) {
 		t.Error("committed branch still listed by XA RECOVER")
+	}
+	// The evidence row is not a marker.
+	if ms, err := r.ListMarkers(ctx); err != nil || len(ms) != 0 {
+		t.Errorf("ListMarkers = %v, %v; want no markers", ms, err)
 	}
 	checkPool(t, db)
 }
 
+// TestClosedPreparedCommittedByID: a prepared branch whose coordinator
+// went away (the connection closed) is finished by id from another pool;
+// the evidence row then answers every later question.
 func TestClosedPreparedCommittedByID(t *testing.T) {
 	r, db := newResource(t, "shop", Config{})
 	ctx := testCtx(t)
 	db.SetMaxOpenConns(3)
-	x := newXID(r)
-	b := mustBegin(t, r, x)
+	b := mustBegin(t, r, newXID(r))
+	x := b.XID()
 	mustExec(t, b, "INSERT INTO t VALUES (2, 20)")
 	if v, err := b.Prepare(ctx); err != nil || v != resource.VotePrepared {
 		t.Fatalf("Prepare = %v, %v", v, err)
@@ -259,7 +271,7 @@ func TestClosedPreparedCommittedByID(t *testing.T) {
 	checkPool(t, db)
 
 	// Another application instance: its own pool on the same database.
-	other, err := sql.Open("mysql", strings.Replace(dsnOf(t, db), "", "", 1))
+	other, err := sql.Open("mysql", dsnOf(t, db))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,27 +290,36 @@ func TestClosedPreparedCommittedByID(t *testing.T) {
 	if n := count(t, db, "SELECT COUNT(*) FROM t WHERE id = 2"); n != 1 {
 		t.Fatalf("row not committed: %d", n)
 	}
-	err = r2.CommitPrepared(ctx, x)
-	if !errors.Is(err, resource.ErrUnknownBranch) {
-		t.Fatalf("second CommitPrepared = %v, want ErrUnknownBranch", err)
+	// Gone from the server, proven by its evidence.
+	if err := r2.CommitPrepared(ctx, x); err != nil {
+		t.Fatalf("second CommitPrepared = %v, want nil (the evidence row is there)", err)
 	}
-	wantErrno(t, err, 1397)
-	if err := r2.RollbackPrepared(ctx, x); !errors.Is(err, resource.ErrUnknownBranch) {
-		t.Fatalf("RollbackPrepared of a finished branch = %v", err)
+	if err := r2.RollbackPrepared(ctx, x); !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("RollbackPrepared of a committed branch = %v, want ErrHeuristic", err)
+	}
+	// A branch that never existed: no evidence.
+	err = r2.CommitPrepared(ctx, newXID(r2))
+	if !errors.Is(err, resource.ErrHeuristic) || !strings.Contains(err.Error(), "restart the MariaDB server, then run recovery") {
+		t.Fatalf("CommitPrepared of an unknown branch = %v, want ErrHeuristic saying what to do", err)
+	}
+	if err := r2.RollbackPrepared(ctx, newXID(r2)); !errors.Is(err, resource.ErrUnknownBranch) {
+		t.Fatalf("RollbackPrepared of an unknown branch = %v, want ErrUnknownBranch", err)
 	}
 	checkPool(t, db)
 }
 
-// TestDetachedAtPrepare: by default Prepare ends the pinned session, so
-// the prepared branch can be finished by id at once (recovery of a stalled
-// coordinator), and the coordinator then learns it is gone.
-func TestDetachedAtPrepare(t *testing.T) {
+// TestTakeOverLiveSession: recovery finishes a branch whose coordinator
+// still holds it on a live session: the session is killed, the server's
+// hand-over awaited, and the coordinator then learns the outcome from the
+// evidence.
+func TestTakeOverLiveSession(t *testing.T) {
 	r, db := newResource(t, "shop", Config{})
 	ctx := testCtx(t)
 	for _, commit := range []bool{true, false} {
-		x := newXID(r)
-		b := mustBegin(t, r, x)
-		mustExec(t, b, "INSERT INTO t VALUES (?, 1)", map[bool]int{true: 7, false: 8}[commit])
+		id := map[bool]int{true: 7, false: 8}[commit]
+		b := mustBegin(t, r, newXID(r))
+		x := b.XID()
+		mustExec(t, b, "INSERT INTO t VALUES (?, 1)", id)
 		if v, err := b.Prepare(ctx); err != nil || v != resource.VotePrepared {
 			t.Fatalf("Prepare = %v, %v", v, err)
 		}
@@ -309,38 +330,25 @@ func TestDetachedAtPrepare(t *testing.T) {
 			err = r.RollbackPrepared(ctx, x)
 		}
 		if err != nil {
-			t.Fatalf("by id right after Prepare (commit=%v): %v", commit, err)
+			t.Fatalf("by id while attached (commit=%v): %v", commit, err)
 		}
-		if err := b.Commit(ctx); !errors.Is(err, resource.ErrUnknownBranch) {
-			t.Fatalf("Branch.Commit after it was finished elsewhere = %v, want ErrUnknownBranch", err)
+		if n := count(t, db, fmt.Sprintf("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %d", x.Session)); n != 0 {
+			t.Errorf("the holding session %d is still there", x.Session)
 		}
-		if err := b.Rollback(ctx); err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
-			t.Fatalf("Branch.Rollback after it was finished elsewhere = %v", err)
+		err = b.Commit(ctx)
+		switch {
+		case commit && err != nil:
+			t.Fatalf("Branch.Commit after recovery committed it = %v, want nil (evidence)", err)
+		case !commit && !errors.Is(err, resource.ErrHeuristic):
+			t.Fatalf("Branch.Commit after recovery rolled it back = %v, want ErrHeuristic", err)
+		}
+		if err := b.Rollback(ctx); commit && err == nil || !commit && err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
+			t.Fatalf("Branch.Rollback after it was finished elsewhere (commit=%v) = %v", commit, err)
 		}
 		b.Close()
 	}
 	if n := count(t, db, "SELECT COUNT(*) FROM t"); n != 1 {
 		t.Fatalf("%d rows, want 1", n)
-	}
-	// And the normal path: Prepare, then Branch.Commit by id.
-	x := newXID(r)
-	b := mustBegin(t, r, x)
-	mustExec(t, b, "INSERT INTO t VALUES (9, 9)")
-	if _, err := b.Prepare(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if !listed(t, db, x) {
-		t.Fatal("not listed")
-	}
-	if err := b.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Rollback(ctx); err == nil {
-		t.Error("Rollback after Commit succeeded")
-	}
-	b.Close()
-	if n := count(t, db, "SELECT COUNT(*) FROM t WHERE id = 9"); n != 1 {
-		t.Fatal("not committed")
 	}
 	checkPool(t, db)
 }
@@ -358,7 +366,7 @@ func dsnOf(t *testing.T, db *sql.DB) string {
 // TestLostConnectionAfterPrepare: the pinned connection dies after XA
 // PREPARE (killed from outside); Commit finds the branch by id.
 func TestLostConnectionAfterPrepare(t *testing.T) {
-	r, db := newResource(t, "shop", Config{KeepAttached: true})
+	r, db := newResource(t, "shop", Config{})
 	ctx := testCtx(t)
 	for _, commit := range []bool{true, false} {
 		x := newXID(r)
@@ -445,16 +453,16 @@ func TestReadOnlyVote(t *testing.T) {
 	checkPool(t, db)
 }
 
-// TestReadOnlyDetachedTrap shows the MariaDB behaviour the read-only vote
-// avoids, with the vote switched off: a prepared branch without writes,
-// once detached, is listed by XA RECOVER but XA COMMIT fails with 1402;
-// CommitPrepared maps that to success (nothing to commit).
-func TestReadOnlyDetachedTrap(t *testing.T) {
+// TestReadOnlyWithoutVote: with the vote off, a branch that only read is
+// prepared like any other. Its evidence row is a write, so MariaDB's trap
+// for read-only XA (a detached one answers 1402 and is gone) no longer
+// applies: the branch survives its session and commits by id.
+func TestReadOnlyWithoutVote(t *testing.T) {
 	r, db := newResource(t, "shop", Config{DisableReadOnlyVote: true})
 	ctx := testCtx(t)
 	for _, commit := range []bool{true, false} {
-		x := newXID(r)
-		b := mustBegin(t, r, x)
+		b := mustBegin(t, r, newXID(r))
+		x := b.XID()
 		if rows, err := b.QueryContext(ctx, "SELECT * FROM t"); err != nil {
 			t.Fatal(err)
 		} else {
@@ -466,29 +474,21 @@ func TestReadOnlyDetachedTrap(t *testing.T) {
 		if err := b.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if !listed(t, db, x) {
-			t.Fatal("detached read-only branch not listed by XA RECOVER")
+		var err error
+		if commit {
+			err = r.CommitPrepared(ctx, x)
+		} else {
+			err = r.RollbackPrepared(ctx, x)
 		}
-		// The raw server answer.
-		verb := map[bool]string{true: "XA COMMIT ", false: "XA ROLLBACK "}[commit]
-		_, err := db.ExecContext(ctx, verb+xidLiteral(x))
-		wantErrno(t, err, 1402)
+		if err != nil {
+			t.Fatalf("commit=%v by id: %v", commit, err)
+		}
+		if ok, err := r.Committed(ctx, x); err != nil || ok != commit {
+			t.Fatalf("Committed = %v, %v; want %v", ok, err, commit)
+		}
 		if listed(t, db, x) {
-			t.Fatal("branch still listed after 1402")
+			t.Fatal("still listed")
 		}
-	}
-	// Through the driver.
-	x := newXID(r)
-	b := mustBegin(t, r, x)
-	if _, err := b.Prepare(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b.Close()
-	if err := r.CommitPrepared(ctx, x); err != nil {
-		t.Fatalf("CommitPrepared of a detached read-only branch: %v", err)
-	}
-	if listed(t, db, x) {
-		t.Fatal("still listed")
 	}
 	checkPool(t, db)
 }
@@ -685,27 +685,41 @@ func TestErrorMappings(t *testing.T) {
 	ctx := testCtx(t)
 	x := newXID(r)
 	b := mustBegin(t, r, x)
-	// 1440: the id is in use.
-	_, err := r.Begin(ctx, x)
-	if !errors.Is(err, resource.ErrBranchExists) {
-		t.Fatalf("Begin with a used id = %v", err)
+	// The id is in use. Branch ids carry their session, so the server
+	// cannot tell (no 1440 across sessions); the evidence row's primary
+	// key refuses the second one at prepare.
+	mustExec(t, b, "INSERT INTO t VALUES (1, 1)")
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
 	}
-	wantErrno(t, err, 1440)
-	if err := b.Rollback(ctx); err != nil {
+	if err := b.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	b.Close()
-	// 1397: unknown branch.
+	dup, err := r.Begin(ctx, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, dup, "INSERT INTO t VALUES (2, 2)")
+	_, err = dup.Prepare(ctx)
+	if !errors.Is(err, resource.ErrPrepareRefused) {
+		t.Fatalf("Prepare of a used id = %v, want ErrPrepareRefused", err)
+	}
+	wantErrno(t, err, 1062)
+	if err := dup.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dup.Close()
+	// Unknown branch.
 	err = r.RollbackPrepared(ctx, newXID(r))
 	if !errors.Is(err, resource.ErrUnknownBranch) {
 		t.Fatalf("RollbackPrepared of an unknown id = %v", err)
 	}
-	wantErrno(t, err, 1397)
 	// Ids of other resources and malformed ids are refused before the database.
-	if _, err := r.Begin(ctx, resource.XID{GTID: newGTID(), Primary: "p", Branch: "other"}); !errors.Is(err, resource.ErrInvalidID) {
+	if _, err := r.Begin(ctx, resource.XID{GTID: newGTID(), Primary: "p", Branch: "other", Space: resource.SpaceTag("")}); !errors.Is(err, resource.ErrInvalidID) {
 		t.Errorf("Begin with another resource's id = %v", err)
 	}
-	if err := r.CommitPrepared(ctx, resource.XID{GTID: "bad", Primary: "p", Branch: r.Name()}); !errors.Is(err, resource.ErrInvalidID) {
+	if err := r.CommitPrepared(ctx, resource.XID{GTID: "bad", Primary: "p", Branch: r.Name(), Space: resource.SpaceTag("")}); !errors.Is(err, resource.ErrInvalidID) {
 		t.Errorf("CommitPrepared with a bad gtid = %v", err)
 	}
 	// 1062: marker exists.
@@ -879,16 +893,34 @@ func TestRecoverFilters(t *testing.T) {
 	prepareRaw(t, db, fmt.Sprintf("'3pc1:notagtid:primary','%s',%d", r.Name(), resource.MySQLFormatID))
 	prepareRaw(t, db, fmt.Sprintf("'3pc2:%s:primary','%s',%d", g, r.Name(), resource.MySQLFormatID))
 	prepareRaw(t, db, fmt.Sprintf("'3pc1:%s:primary','%s',1", g, r.Name()))
+	// A resource of the same name on another database of the server.
+	_, twinDB, _ := newDB(t, true)
+	twin, err := New(r.Name(), twinDB, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := mustBegin(t, twin, newXID(twin))
+	mustExec(t, tb, "INSERT INTO t VALUES (1, 1)")
+	if _, err := tb.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
 	// Another resource's branch on the same server.
-	ox := newXID(other)
-	ob := mustBegin(t, other, ox)
+	ob := mustBegin(t, other, newXID(other))
+	ox := ob.XID()
 	mustExec(t, ob, "INSERT INTO t VALUES (1, 1)")
 	if _, err := ob.Prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Ours.
-	x := newXID(r)
-	b := mustBegin(t, r, x)
+	// Ours, of two namespaces: Recover lists every namespace.
+	x2 := newXID(r)
+	x2.Space = resource.SpaceTag("other deployment")
+	b2 := mustBegin(t, r, x2)
+	mustExec(t, b2, "INSERT INTO t VALUES (2, 2)")
+	if _, err := b2.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := mustBegin(t, r, newXID(r))
+	x := b.XID()
 	mustExec(t, b, "INSERT INTO t VALUES (1, 1)")
 	if _, err := b.Prepare(ctx); err != nil {
 		t.Fatal(err)
@@ -897,14 +929,17 @@ func TestRecoverFilters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 1 || got[0].XID != x {
-		t.Errorf("Recover = %+v, want only %v (raw: %v)", got, x, rawRecover(t, db))
+	if len(got) != 2 || !(got[0].XID == x && got[1].XID == b2.XID() || got[1].XID == x && got[0].XID == b2.XID()) {
+		t.Errorf("Recover = %+v, want only %v and %v (raw: %v)", got, x, b2.XID(), rawRecover(t, db))
+	}
+	if tg, err := twin.Recover(ctx); err != nil || len(tg) != 1 || tg[0].XID != tb.XID() {
+		t.Errorf("twin Recover = %+v, %v; want only %v", tg, err, tb.XID())
 	}
 	gotOther, err := other.Recover(ctx)
 	if err != nil || len(gotOther) != 1 || gotOther[0].XID != ox {
 		t.Errorf("other Recover = %+v, %v", gotOther, err)
 	}
-	for _, br := range []*Branch{b, ob} {
+	for _, br := range []*Branch{b, b2, ob, tb} {
 		if err := br.Rollback(ctx); err != nil {
 			t.Fatal(err)
 		}

@@ -145,9 +145,10 @@ func TestNameValidatedFirst(t *testing.T) {
 }
 
 func TestXIDLiteral(t *testing.T) {
-	x := resource.XID{GTID: "01ARZ3NDEKTSV4RRFFQ69G5FAV", Primary: "pg-main", Branch: "my_shop"}
-	got := xidLiteral(x)
-	want := fmt.Sprintf("X'%x',X'%x',%d", "3pc1:01ARZ3NDEKTSV4RRFFQ69G5FAV:pg-main", "my_shop", resource.MySQLFormatID)
+	x := resource.XID{GTID: "01ARZ3NDEKTSV4RRFFQ69G5FAV", Primary: "pg-main", Branch: "my_shop", Space: resource.SpaceTag(""), Session: 1234}
+	tag := resource.DatabaseTag("shop")
+	got := xidLiteral(x, tag)
+	want := fmt.Sprintf("X'%x',X'%x',%d", "3pc2:01ARZ3NDEKTSV4RRFFQ69G5FAV:pg-main", "my_shop:"+x.Space+":"+tag+":16i", resource.MySQLFormatID)
 	if got != want {
 		t.Errorf("xidLiteral = %s, want %s", got, want)
 	}
@@ -179,7 +180,7 @@ func TestErrorClasses(t *testing.T) {
 }
 
 func TestTakeParams(t *testing.T) {
-	dc, err := ParseURL("mysql://u@127.0.0.1/db?threepc_keep_attached=true&threepc_read_only_vote=false&wait_timeout=10")
+	dc, err := ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=false&wait_timeout=10")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,17 +188,42 @@ func TestTakeParams(t *testing.T) {
 	if err := takeParams(dc, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if !cfg.KeepAttached || !cfg.DisableReadOnlyVote {
-		t.Errorf("cfg = %+v, want KeepAttached and DisableReadOnlyVote", cfg)
+	if !cfg.DisableReadOnlyVote {
+		t.Errorf("cfg = %+v, want DisableReadOnlyVote", cfg)
 	}
-	if _, ok := dc.Params[ParamKeepAttached]; ok {
-		t.Errorf("%s still passed to the server as a session variable", ParamKeepAttached)
+	if _, ok := dc.Params[ParamReadOnlyVote]; ok {
+		t.Errorf("%s still passed to the server as a session variable", ParamReadOnlyVote)
 	}
 	if dc.Params["wait_timeout"] != "10" {
 		t.Errorf("other parameters lost: %v", dc.Params)
 	}
-	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_keep_attached=maybe")
+	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=maybe")
 	if err := takeParams(dc, &cfg); err == nil {
-		t.Error("threepc_keep_attached=maybe: no error")
+		t.Error("threepc_read_only_vote=maybe: no error")
+	}
+	// The detached mode is gone: its parameter is refused, not sent to
+	// the server.
+	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_keep_attached=true")
+	if err := takeParams(dc, &cfg); err == nil || !strings.Contains(err.Error(), "removed") {
+		t.Errorf("threepc_keep_attached: %v, want an error saying it was removed", err)
+	}
+	// Open wants a database: the marker table lives there.
+	if _, err := Open("ok", "mysql://u@127.0.0.1:1/", Config{}); err == nil || !strings.Contains(err.Error(), "database") {
+		t.Errorf("Open without a database: %v", err)
+	}
+}
+
+func TestMarkerSQL(t *testing.T) {
+	x := resource.XID{GTID: "01ARZ3NDEKTSV4RRFFQ69G5FAV", Primary: "pg", Branch: "shop", Space: resource.SpaceTag("")}
+	got := evidenceSQL(x)
+	want := fmt.Sprintf("INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner, space) VALUES (X'%x', X'%x', 'evidence', X'%x', '', '', X'%x')", x.GTID, x.Branch, x.Primary, x.Space)
+	if got != want {
+		t.Errorf("evidenceSQL =\n%s\nwant\n%s", got, want)
+	}
+	m := resource.Marker{GTID: x.GTID, State: resource.StatePreCommit, Primary: "pg", Participants: []string{"pg", "shop"}, Owner: ""}
+	got = insertMarkerSQL(m)
+	want = fmt.Sprintf("INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner, space) VALUES (X'%x', '', X'%x', X'%x', X'%x', '', '')", m.GTID, "precommit", "pg", "pg,shop")
+	if got != want {
+		t.Errorf("insertMarkerSQL =\n%s\nwant\n%s", got, want)
 	}
 }

@@ -74,6 +74,13 @@ func (v serverVersion) detachCapable() bool {
 	return v.system == "mysql" && v.atLeast(8, 0, 29)
 }
 
+// attachesPrepared reports whether a prepared XA may stay attached to its
+// session on this server: always on MariaDB; on MySQL before 8.0.29 (and
+// with xa_detach_on_prepare=OFF, a session setting read at Begin).
+func (v serverVersion) attachesPrepared() bool {
+	return v.system == "mariadb" || !v.detachCapable()
+}
+
 // statusTable is the table that holds the session's status counters:
 // MySQL 8 removed information_schema.SESSION_STATUS.
 func (v serverVersion) statusTable() string {

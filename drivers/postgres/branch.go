@@ -186,7 +186,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 	}
 	var (
 		before, after byte
-		tag           pgconn.CommandTag
+		tags          []pgconn.CommandTag
 		execErr       error
 		connClosed    bool
 	)
@@ -196,13 +196,22 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		if before != 'T' {
 			return nil
 		}
-		tag, execErr = c.Exec(ctx, "PREPARE TRANSACTION "+b.lit)
+		// The evidence row goes in the same round trip as PREPARE. A
+		// second branch with this id (a bug, or a gid reused by hand)
+		// would wait on the first one's uncommitted evidence row for as
+		// long as that stays prepared: lock_timeout turns the wait into a
+		// refusal. SET LOCAL ends with the transaction.
+		tags, execErr = pipeline(ctx, pc,
+			stmt{"SET LOCAL lock_timeout = '" + evidenceLockTimeout + "'", nil},
+			stmt{insertEvidenceSQL, []string{b.xid.GTID, b.xid.Branch, b.xid.Primary, b.xid.Space}},
+			stmt{"PREPARE TRANSACTION " + b.lit, nil})
 		after, connClosed = pc.TxStatus(), pc.IsClosed()
 		if execErr == nil || connClosed || after == 'I' {
 			return nil
 		}
-		// Not expected after a failed PREPARE, but never leave the
-		// session inside a transaction.
+		// The INSERT failed and the server skipped PREPARE: the
+		// transaction is failed, end it here rather than leave the
+		// session inside it.
 		_, rbErr := c.Exec(ctx, "ROLLBACK")
 		after, connClosed = pc.TxStatus(), pc.IsClosed()
 		if rbErr != nil && !connClosed {
@@ -231,6 +240,10 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		b.state.Store(stateFinished)
 		return 0, fmt.Errorf("threepc/postgres: %s: %w: the transaction was already ended by a statement on the branch", what, resource.ErrPrepareRefused)
 	}
+	var tag pgconn.CommandTag
+	if len(tags) == 3 {
+		tag = tags[2]
+	}
 	switch {
 	case execErr == nil && tag.String() == "PREPARE TRANSACTION":
 		b.state.Store(statePrepared)
@@ -243,11 +256,32 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 	case connClosed || !refusal(execErr):
 		b.state.Store(stateUnknown)
 		return 0, mapError(opPrepare, what+" (outcome unknown)", execErr)
+	case len(tags) < 2:
+		// The server refused the evidence row (or the SET before it) and
+		// skipped PREPARE; the transaction was rolled back above.
+		b.state.Store(stateFinished)
+		return 0, fmt.Errorf("%w: %w", resource.ErrPrepareRefused, evidenceError(what+": inserting the evidence row (rolled back)", execErr))
 	default:
 		// The server refused: a failed PREPARE aborts the transaction.
 		b.state.Store(stateFinished)
 		return 0, fmt.Errorf("%w: %w", resource.ErrPrepareRefused, mapError(opPrepare, what+" (rolled back)", execErr))
 	}
+}
+
+// evidenceLockTimeout bounds the wait of an evidence row insert on another
+// transaction's row with the same key (see Prepare).
+const evidenceLockTimeout = "5s"
+
+func evidenceError(what string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == codeLockNotAvailable {
+		return fmt.Errorf("threepc/postgres: %s: another transaction holds this branch id's evidence row (a branch with the same id, perhaps prepared) or locks the marker table: %w", what, err)
+	}
+	err = mapError(opEvidence, what, err)
+	if errors.Is(err, resource.ErrMarkerTableMissing) {
+		return fmt.Errorf("%w (run the migrations: `threepc migrate` or migrations.Up)", err)
+	}
+	return err
 }
 
 // rollbackLocal runs ROLLBACK on the pinned session. A session that is
@@ -269,17 +303,32 @@ func (b *Branch) rollbackLocal(ctx context.Context) error {
 }
 
 // Commit commits the prepared branch with COMMIT PREPARED, on the pinned
-// connection if it is still open, else on a pool connection.
-// ErrUnknownBranch means the prepared branch no longer exists.
+// connection if it is still open, else on a pool connection. Its OK is
+// authoritative. A branch no longer prepared (42704) is committed if its
+// evidence row is there (someone else committed it); else the error wraps
+// resource.ErrHeuristic.
 func (b *Branch) Commit(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch b.state.Load() {
+	state := b.state.Load()
+	switch state {
 	case statePrepared, stateUnknown:
 	default:
 		return fmt.Errorf("threepc/postgres: commit %s: the branch is not prepared", b.xid)
 	}
-	if err := b.finishPrepared(ctx, "COMMIT PREPARED"); err != nil {
+	err := b.finishPrepared(ctx, "COMMIT PREPARED")
+	if errors.Is(err, resource.ErrUnknownBranch) && state == stateUnknown {
+		// The session that ran PREPARE may still be running it: only once
+		// it has exited is "no such gid" final.
+		if werr := b.waitBackendGone(ctx); werr != nil {
+			return fmt.Errorf("threepc/postgres: commit %s: waiting for the session that ran PREPARE to end: %w", b.xid, werr)
+		}
+		err = b.finishPrepared(ctx, "COMMIT PREPARED")
+	}
+	if errors.Is(err, resource.ErrUnknownBranch) {
+		err = b.r.commitGone(ctx, b.xid, err)
+	}
+	if err != nil {
 		return err
 	}
 	b.state.Store(stateFinished)
@@ -364,7 +413,8 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 // goroutine while a statement of the branch is running, it first sends the
 // server a cancel request so the statement (perhaps waiting on a lock)
 // ends. Rolling back a finished branch returns nil; a prepared branch that
-// someone else finished returns ErrUnknownBranch.
+// someone else finished returns ErrUnknownBranch, or ErrHeuristic when its
+// evidence shows that it committed.
 func (b *Branch) Rollback(ctx context.Context) error {
 	if b.state.Load() == stateActive && b.inflight.Load() > 0 && b.pg != nil {
 		// The session will be discarded by Close: a late cancel must not
@@ -387,6 +437,9 @@ func (b *Branch) Rollback(ctx context.Context) error {
 		return b.rollbackLocal(ctx)
 	case statePrepared:
 		err := b.finishPrepared(ctx, "ROLLBACK PREPARED")
+		if errors.Is(err, resource.ErrUnknownBranch) {
+			err = b.r.rollbackGone(ctx, b.xid, err)
+		}
 		if err == nil {
 			b.state.Store(stateFinished)
 		}
@@ -406,9 +459,15 @@ func (b *Branch) Rollback(ctx context.Context) error {
 		return fmt.Errorf("threepc/postgres: rollback %s: waiting for the session that ran PREPARE to end: %w", b.xid, err)
 	}
 	err = b.finishPrepared(ctx, "ROLLBACK PREPARED")
-	if err == nil || errors.Is(err, resource.ErrUnknownBranch) {
+	if errors.Is(err, resource.ErrUnknownBranch) {
+		// Never prepared, or prepared and finished by someone else: only
+		// the evidence tells a commit from a rollback.
+		if err = b.r.rollbackGone(ctx, b.xid, err); errors.Is(err, resource.ErrUnknownBranch) {
+			err = nil
+		}
+	}
+	if err == nil {
 		b.state.Store(stateFinished)
-		return nil
 	}
 	return err
 }

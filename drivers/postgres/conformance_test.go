@@ -70,6 +70,19 @@ func TestConformance(t *testing.T) {
 				t.Fatalf("restart: %v", err)
 			}
 		},
+		RollbackOutside: func(t *testing.T, r resource.Resource, xid resource.XID) {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			c, err := pgx.Connect(ctx, dsnOf(t, r))
+			if err != nil {
+				t.Fatalf("outside connection: %v", err)
+			}
+			defer c.Close(ctx)
+			if _, err := c.Exec(ctx, "ROLLBACK PREPARED '"+xid.PostgresGID()+"'"); err != nil {
+				t.Fatalf("outside ROLLBACK PREPARED %s: %v", xid, err)
+			}
+		},
 		PrepareForeign: func(t *testing.T, r resource.Resource) func() {
 			t.Helper()
 			url := dsnOf(t, r)

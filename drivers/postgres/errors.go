@@ -31,6 +31,8 @@ const (
 	codeInsufficientPrivilege  = "42501" // not the preparing user nor a superuser
 	codeUniqueViolation        = "23505"
 	codeUndefinedTable         = "42P01"
+	codeUndefinedColumn        = "42703" // the marker table predates migration 2 (no branch column)
+	codeLockNotAvailable       = "55P03" // lock_timeout while inserting an evidence row
 	codeSerializationFailure   = "40001"
 	codeDeadlockDetected       = "40P01"
 	codeAdminShutdown          = "57P01"
@@ -49,6 +51,8 @@ const (
 	opPrepare
 	opFinish // COMMIT PREPARED / ROLLBACK PREPARED
 	opMarker
+	// opEvidence: the evidence row a branch inserts right before PREPARE.
+	opEvidence
 )
 
 // mapError wraps err with the resource sentinel its cause matches, keeping
@@ -104,13 +108,18 @@ func sentinelFor(o op, e *pgconn.PgError) error {
 		}
 	case codeInsufficientPrivilege:
 		return resource.ErrMissingPrivilege
-	case codeUndefinedTable:
-		if o == opMarker {
+	case codeUndefinedTable, codeUndefinedColumn:
+		if o == opMarker || o == opEvidence {
 			return resource.ErrMarkerTableMissing
 		}
 	case codeUniqueViolation:
-		if o == opMarker {
+		switch o {
+		case opMarker:
 			return resource.ErrMarkerExists
+		case opEvidence:
+			// The evidence row of this branch id exists: the id was
+			// used by a branch that committed.
+			return resource.ErrBranchExists
 		}
 	case codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeIdleSessionTimeout:
 		return resource.ErrUnreachable

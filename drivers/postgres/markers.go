@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,12 +13,22 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-const markerColumns = "gtid, state, primary_name, participants, owner, created_at"
+// markerColumns are read by scanMarker. The age comes from the database's
+// clock, so that retention does not depend on the reader's; it is clamped
+// at 0 because a row inserted by a transaction that started after this
+// statement's own start can be visible to it.
+const markerColumns = "gtid, state, primary_name, participants, owner, space, created_at, " +
+	"greatest(0, (extract(epoch FROM now() - created_at) * 1000000)::bigint)"
+
+// markerRows restricts a query to marker rows: evidence rows carry their
+// branch's name in the branch column.
+const markerRows = "branch = ''"
 
 // InsertMarker inserts m; created_at comes from the database's clock. The
-// primary key on gtid makes the insert a compare-and-set: an existing row
-// fails it with ErrMarkerExists. A connection error (ErrUnreachable) leaves
-// the outcome unknown: read the marker back.
+// primary key on (gtid, branch) makes the insert a compare-and-set on the
+// gtid's marker row: an existing row fails it with ErrMarkerExists. A
+// connection error (ErrUnreachable) leaves the outcome unknown: read the
+// marker back.
 func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("threepc/postgres: insert marker: %w", err)
@@ -26,7 +37,7 @@ func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
 		return fmt.Errorf("threepc/postgres: insert marker %s: %w", m.GTID, err)
 	}
 	_, err := r.db.ExecContext(ctx, insertMarkerSQL,
-		m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner)
+		m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner, m.Space)
 	return r.markerError("insert marker "+m.GTID, err)
 }
 
@@ -36,7 +47,7 @@ func (r *Resource) ReadMarker(ctx context.Context, gtid string) (resource.Marker
 		return resource.Marker{}, fmt.Errorf("threepc/postgres: read marker: %w", err)
 	}
 	row := r.db.QueryRowContext(ctx,
-		"SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE gtid = $1", gtid)
+		"SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE gtid = $1 AND "+markerRows, gtid)
 	m, err := scanMarker(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return resource.Marker{}, fmt.Errorf("threepc/postgres: read marker %s: %w", gtid, resource.ErrNoMarker)
@@ -49,7 +60,7 @@ func (r *Resource) ReadMarker(ctx context.Context, gtid string) (resource.Marker
 
 // ListMarkers lists every marker row, ordered by gtid (so by age).
 func (r *Resource) ListMarkers(ctx context.Context) ([]resource.Marker, error) {
-	rows, err := r.db.QueryContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" ORDER BY gtid")
+	rows, err := r.db.QueryContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE "+markerRows+" ORDER BY gtid")
 	if err != nil {
 		return nil, r.markerError("list markers", err)
 	}
@@ -68,13 +79,41 @@ func (r *Resource) ListMarkers(ctx context.Context) ([]resource.Marker, error) {
 	return out, nil
 }
 
-// DeleteMarkers deletes the marker rows of gtids in one statement.
+// Tombstone turns the precommit marker rows of gtids into committed
+// tombstones in one statement.
+func (r *Resource) Tombstone(ctx context.Context, gtids ...string) error {
+	if len(gtids) == 0 {
+		return nil
+	}
+	_, err := r.db.ExecContext(ctx, "UPDATE "+resource.MarkerTable+
+		" SET state = '"+string(resource.StateCommitted)+"' WHERE "+markerRows+
+		" AND state = '"+string(resource.StatePreCommit)+"' AND gtid = ANY($1)", gtids)
+	return r.markerError("tombstone markers", err)
+}
+
+// DeleteMarkers deletes every row of gtids (markers, tombstones and
+// evidence) in one statement.
 func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
 	if len(gtids) == 0 {
 		return nil
 	}
 	_, err := r.db.ExecContext(ctx, "DELETE FROM "+resource.MarkerTable+" WHERE gtid = ANY($1)", gtids)
 	return r.markerError("delete markers", err)
+}
+
+// Committed reports whether the evidence row of xid is visible: Prepare
+// and CommitWithMarker insert it inside the branch's own transaction.
+func (r *Resource) Committed(ctx context.Context, xid resource.XID) (bool, error) {
+	if err := r.checkXID(xid); err != nil {
+		return false, err
+	}
+	var ok bool
+	err := r.db.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM "+resource.MarkerTable+
+		" WHERE gtid = $1 AND branch = $2 AND state = '"+resource.EvidenceState+"')", xid.GTID, xid.Branch).Scan(&ok)
+	if err != nil {
+		return false, r.markerError("reading the evidence of "+xid.String(), err)
+	}
+	return ok, nil
 }
 
 func (r *Resource) markerError(what string, err error) error {
@@ -89,27 +128,72 @@ func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
 	var (
 		m            resource.Marker
 		state, parts string
+		ageMicros    int64
 	)
-	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.CreatedAt); err != nil {
+	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.Space, &m.CreatedAt, &ageMicros); err != nil {
 		return resource.Marker{}, err
 	}
 	m.State = resource.MarkerState(state)
 	m.Participants = resource.SplitParticipants(parts)
+	m.Age = time.Duration(ageMicros) * time.Microsecond
 	return m, nil
 }
 
-// insertMarkerSQL inserts a marker row; created_at defaults to the
-// database's clock.
-const insertMarkerSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES ($1, $2, $3, $4, $5)"
+// insertMarkerSQL inserts a marker row; branch defaults to the empty string and
+// created_at to the database's clock.
+const insertMarkerSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) VALUES ($1, $2, $3, $4, $5, $6)"
+
+// insertEvidenceSQL inserts a branch's evidence row: $1 gtid, $2 branch,
+// $3 primary, $4 namespace tag.
+const insertEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES ($1, $2, '" + resource.EvidenceState + "', $3, '', '', $4)"
+
+// insertMarkerAndEvidenceSQL inserts the marker row and the branch's
+// evidence row of a logging-last-resource commit in one statement: $1
+// gtid, $2 state, $3 primary, $4 participants, $5 owner, $6 the marker's
+// namespace tag, $7 branch, $8 the branch's namespace tag.
+const insertMarkerAndEvidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES " +
+	"($1, '', $2, $3, $4, $5, $6), ($1, $7, '" + resource.EvidenceState + "', $3, '', '', $8)"
+
+// stmt is one statement of a pipeline; its arguments go as text.
+type stmt struct {
+	sql  string
+	args []string
+}
+
+// pipeline sends stmts to the server in one round trip (extended
+// protocol, unnamed statements, one Sync) and returns the command tags of
+// the statements that completed. After a server error the server skips
+// the rest, so len(tags) says which statement failed. Unnamed statements
+// keep one-off SQL (a PREPARE TRANSACTION literal) out of pgx's statement
+// cache, and a first use costs no extra round trip to prepare.
+func pipeline(ctx context.Context, pc *pgconn.PgConn, stmts ...stmt) ([]pgconn.CommandTag, error) {
+	batch := &pgconn.Batch{}
+	for _, s := range stmts {
+		vals := make([][]byte, len(s.args))
+		for i, a := range s.args {
+			vals[i] = []byte(a)
+		}
+		batch.ExecParams(s.sql, vals, nil, nil, nil)
+	}
+	results, err := pc.ExecBatch(ctx, batch).ReadAll()
+	var tags []pgconn.CommandTag
+	for _, res := range results {
+		if res.Err != nil {
+			return tags, res.Err
+		}
+		tags = append(tags, res.CommandTag)
+	}
+	return tags, err
+}
 
 var _ resource.MarkerCommitter = (*Branch)(nil)
 
 // CommitWithMarker commits the branch one-phase with the marker row m
 // inserted inside its transaction (the "logging last resource"
-// optimization: this commit is the commit point). The INSERT and the
-// COMMIT go to the server in one pipelined round trip; if the INSERT
-// fails, the server skips the COMMIT and the driver rolls the transaction
-// back.
+// optimization: this commit is the commit point), beside the branch's
+// evidence row, in one INSERT. The INSERT and the COMMIT go to the server
+// in one pipelined round trip; if the INSERT fails, the server skips the
+// COMMIT and the driver rolls the transaction back.
 //
 // A row for m.GTID already there (23505) rolls the branch back and returns
 // an error wrapping resource.ErrMarkerExists. Any other refusal rolls it
@@ -131,10 +215,10 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 		return fmt.Errorf("threepc/postgres: %s: %w", what, err)
 	}
 	var (
-		before, after        byte
-		insErr, commitErr    error
-		commitTag            pgconn.CommandTag
-		closed, insertFailed bool
+		before, after byte
+		tags          []pgconn.CommandTag
+		failure       error
+		closed        bool
 	)
 	err := b.raw(func(c *pgx.Conn) error {
 		pc := c.PgConn()
@@ -142,19 +226,9 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 		if before != 'T' {
 			return nil // failed or ended: refused below, nothing sent
 		}
-		batch := &pgx.Batch{}
-		batch.Queue(insertMarkerSQL, m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner)
-		batch.Queue("COMMIT")
-		br := c.SendBatch(ctx, batch)
-		_, insErr = br.Exec()
-		insertFailed = insErr != nil
-		if !insertFailed {
-			commitTag, commitErr = br.Exec()
-		}
-		cerr := br.Close()
-		if insErr == nil && commitErr == nil && cerr != nil {
-			commitErr = cerr
-		}
+		tags, failure = pipeline(ctx, pc,
+			stmt{insertMarkerAndEvidenceSQL, []string{m.GTID, string(m.State), m.Primary, resource.JoinParticipants(m.Participants), m.Owner, m.Space, b.xid.Branch, b.xid.Space}},
+			stmt{"COMMIT", nil})
 		after, closed = pc.TxStatus(), pc.IsClosed()
 		return nil
 	})
@@ -175,9 +249,9 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 		b.state.Store(stateFinished)
 		return fmt.Errorf("threepc/postgres: %s: %w: the transaction was already ended by a statement on the branch", what, resource.ErrPrepareRefused)
 	}
-	failure := insErr
-	if !insertFailed {
-		failure = commitErr
+	var commitTag pgconn.CommandTag
+	if len(tags) == 2 {
+		commitTag = tags[1]
 	}
 	switch {
 	case failure == nil && commitTag.String() == "COMMIT":

@@ -6,6 +6,13 @@
 // with COMMIT PREPARED or ROLLBACK PREPARED, from that connection or from
 // any other connection to the same database.
 //
+// Prepare inserts the branch's evidence row (resource.Resource.Committed)
+// into the marker table in the same round trip as PREPARE TRANSACTION, so
+// the row is visible exactly when the branch committed. COMMIT PREPARED's
+// OK is authoritative and needs no read; "no such gid" (42704) on a commit
+// proves nothing, and the evidence row decides between "committed by
+// someone else" and resource.ErrHeuristic.
+//
 // The PostgreSQL traps this driver handles:
 //
 //   - PREPARE TRANSACTION inside a failed transaction does not fail: it
@@ -29,7 +36,8 @@
 //     SQLSTATE 0A000: the branch is refused.
 //
 // SQLSTATEs are mapped to the resource package's sentinels, with the
-// server's *pgconn.PgError kept in the chain: 42704 -> ErrUnknownBranch,
+// server's *pgconn.PgError kept in the chain: 42704 -> ErrUnknownBranch
+// (at a rollback; at a commit see above),
 // 42710 -> ErrBranchExists, 55000 -> ErrBranchBusy (or
 // ErrPreparedTransactionsDisabled), 53200 -> ErrTooManyPrepared, 42501 ->
 // ErrMissingPrivilege, 0A000 at PREPARE -> ErrPrepareRefused and at COMMIT
@@ -51,6 +59,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/threepc/threepc/resource"
@@ -179,13 +188,18 @@ func (r *Resource) Check(ctx context.Context) error {
 		return fmt.Errorf("threepc/postgres: %s: %w: max_prepared_transactions is %s; set max_prepared_transactions to at least the number of concurrent transactions in postgresql.conf and restart the server",
 			r.where(), resource.ErrPreparedTransactionsDisabled, mpt)
 	}
-	var present bool
-	q := "SELECT to_regclass('" + resource.MarkerTable + "') IS NOT NULL"
-	if err := r.db.QueryRowContext(ctx, q).Scan(&present); err != nil {
+	var present, evidence bool
+	q := "SELECT to_regclass('" + resource.MarkerTable + "') IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('" +
+		resource.MarkerTable + "') AND attname IN ('branch', 'space') AND NOT attisdropped HAVING count(*) = 2)"
+	if err := r.db.QueryRowContext(ctx, q).Scan(&present, &evidence); err != nil {
 		return mapError(opOther, r.where()+": looking for the marker table", err)
 	}
 	if !present {
 		return fmt.Errorf("threepc/postgres: %s: %w: table %s not found in the search path; run the migrations (`threepc migrate` or migrations.Up)",
+			r.where(), resource.ErrMarkerTableMissing, resource.MarkerTable)
+	}
+	if !evidence {
+		return fmt.Errorf("threepc/postgres: %s: %w: table %s has no branch and space columns (migration 2, evidence rows and namespaces, is not applied); run the migrations (`threepc migrate` or migrations.Up)",
 			r.where(), resource.ErrMarkerTableMissing, resource.MarkerTable)
 	}
 	return nil
@@ -216,14 +230,65 @@ func quoteLiteral(s string) (string, error) {
 }
 
 // CommitPrepared commits the prepared branch xid from a pool connection.
+// COMMIT PREPARED's OK is authoritative. A branch no longer prepared
+// (42704) is committed if its evidence row is there; else the error wraps
+// resource.ErrHeuristic.
 func (r *Resource) CommitPrepared(ctx context.Context, xid resource.XID) error {
-	return r.finishPrepared(ctx, "COMMIT PREPARED", xid)
+	err := r.finishPrepared(ctx, "COMMIT PREPARED", xid)
+	if errors.Is(err, resource.ErrUnknownBranch) {
+		return r.commitGone(ctx, xid, err)
+	}
+	return err
 }
 
 // RollbackPrepared rolls back the prepared branch xid from a pool
-// connection.
+// connection. A branch no longer prepared gives ErrUnknownBranch, or
+// ErrHeuristic when its evidence shows that it committed.
 func (r *Resource) RollbackPrepared(ctx context.Context, xid resource.XID) error {
-	return r.finishPrepared(ctx, "ROLLBACK PREPARED", xid)
+	err := r.finishPrepared(ctx, "ROLLBACK PREPARED", xid)
+	if errors.Is(err, resource.ErrUnknownBranch) {
+		return r.rollbackGone(ctx, xid, err)
+	}
+	return err
+}
+
+// commitGone resolves a COMMIT PREPARED that found no such gid (notFound,
+// 42704): that proves nothing by itself, the evidence row decides.
+func (r *Resource) commitGone(ctx context.Context, xid resource.XID, notFound error) error {
+	ok, err := r.Committed(ctx, xid)
+	switch {
+	case err != nil:
+		return fmt.Errorf("threepc/postgres: commit %s: the prepared transaction is gone (%v) and its evidence could not be read: %w", xid, notFound, err)
+	case ok:
+		return nil
+	}
+	return fmt.Errorf("threepc/postgres: commit %s: %w: the prepared transaction is gone and its evidence row is not in %s, so it did not commit: it was rolled back outside threepc (ROLLBACK PREPARED) or lost, although the transaction is decided to commit; keep its marker rows and investigate: %w",
+		xid, resource.ErrHeuristic, resource.MarkerTable, pgError(notFound))
+}
+
+// rollbackGone resolves a ROLLBACK PREPARED that found no such gid
+// (notFound, 42704): fine unless the evidence shows a commit.
+func (r *Resource) rollbackGone(ctx context.Context, xid resource.XID, notFound error) error {
+	ok, err := r.Committed(ctx, xid)
+	switch {
+	case err != nil:
+		return fmt.Errorf("threepc/postgres: rollback %s: the prepared transaction is gone (%v) and its evidence could not be read: %w", xid, notFound, err)
+	case ok:
+		return fmt.Errorf("threepc/postgres: rollback %s: %w: the prepared transaction is gone and its evidence row shows that it committed, although a rollback was asked for: %w",
+			xid, resource.ErrHeuristic, pgError(notFound))
+	}
+	return notFound
+}
+
+// pgError is the server's error in err's chain, or err itself: a
+// heuristic error carries the SQLSTATE without also matching the sentinel
+// (ErrUnknownBranch) of the answer it overrides.
+func pgError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr
+	}
+	return err
 }
 
 func (r *Resource) finishPrepared(ctx context.Context, verb string, xid resource.XID) error {

@@ -5,13 +5,17 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/oklog/ulid/v2"
 
 	"github.com/threepc/threepc/harness"
@@ -90,7 +94,7 @@ func (e *env) preparedCount(t *testing.T, gid string) int {
 }
 
 func newXID(r *Resource) resource.XID {
-	return resource.XID{GTID: ulid.Make().String(), Primary: r.Name(), Branch: r.Name()}
+	return resource.XID{GTID: ulid.Make().String(), Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("")}
 }
 
 func begin(t *testing.T, r *Resource, xid resource.XID) *Branch {
@@ -312,9 +316,10 @@ func TestUnknownGID(t *testing.T) {
 	r := e.open(t, "alpha")
 	ctx := testCtx(t)
 	xid := newXID(r)
+	// No gid and no evidence: a commit can only be a heuristic outcome.
 	err := r.CommitPrepared(ctx, xid)
-	if !errors.Is(err, resource.ErrUnknownBranch) {
-		t.Fatalf("CommitPrepared of an unknown gid: %v", err)
+	if !errors.Is(err, resource.ErrHeuristic) || errors.Is(err, resource.ErrUnknownBranch) {
+		t.Fatalf("CommitPrepared of an unknown gid: %v, want ErrHeuristic", err)
 	}
 	wantCode(t, err, "42704")
 	err = r.RollbackPrepared(ctx, xid)
@@ -350,11 +355,17 @@ func TestDuplicateGID(t *testing.T) {
 	if _, err := b2.ExecContext(ctx, "INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
 	}
+	// The second branch's evidence row waits on the first one's, which
+	// stays uncommitted while it is prepared: lock_timeout ends the wait.
+	start := time.Now()
 	_, err := b2.Prepare(ctx)
-	if !errors.Is(err, resource.ErrBranchExists) || !errors.Is(err, resource.ErrPrepareRefused) {
-		t.Fatalf("Prepare with a gid in use: %v, want ErrBranchExists and ErrPrepareRefused", err)
+	if !errors.Is(err, resource.ErrPrepareRefused) || errors.Is(err, resource.ErrUnreachable) {
+		t.Fatalf("Prepare with a gid in use: %v, want ErrPrepareRefused", err)
 	}
-	wantCode(t, err, "42710")
+	wantCode(t, err, "55P03")
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("Prepare with a gid in use took %v", d)
+	}
 	// Rolling back the refused branch must not roll back the prepared
 	// transaction that owns the gid.
 	if err := b2.Rollback(ctx); err != nil {
@@ -364,18 +375,142 @@ func TestDuplicateGID(t *testing.T) {
 		t.Fatalf("%d prepared transactions with the gid after the refused branch's Rollback, want 1", n)
 	}
 	// Finished by someone else (recovery, by id): the branch's own
-	// Commit then says the branch is unknown.
+	// Commit then finds no gid (42704), and the evidence row proves the
+	// commit.
 	if err := r.CommitPrepared(ctx, xid); err != nil {
 		t.Fatal(err)
 	}
 	if n := e.count(t, "SELECT count(*) FROM t"); n != 1 {
 		t.Fatalf("%d rows, want the first branch's only", n)
 	}
-	err = b1.Commit(ctx)
-	if !errors.Is(err, resource.ErrUnknownBranch) {
-		t.Fatalf("Commit of a branch finished by id: %v, want ErrUnknownBranch", err)
+	if err := b1.Commit(ctx); err != nil {
+		t.Fatalf("Commit of a branch committed by id: %v, want nil (its evidence is there)", err)
+	}
+	// A committed id cannot be prepared again: its evidence row is there.
+	b3 := begin(t, r, xid)
+	_, err = b3.Prepare(ctx)
+	if !errors.Is(err, resource.ErrBranchExists) || !errors.Is(err, resource.ErrPrepareRefused) {
+		t.Fatalf("Prepare with the id of a committed branch: %v, want ErrBranchExists and ErrPrepareRefused", err)
+	}
+	wantCode(t, err, "23505")
+	if err := b3.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOutsideRollbackIsHeuristic: a prepared branch rolled back behind
+// threepc's back (an operator's ROLLBACK PREPARED) is never reported
+// committed: Commit and CommitPrepared find no gid and no evidence.
+func TestOutsideRollbackIsHeuristic(t *testing.T) {
+	e := newEnv(t)
+	r := e.open(t, "alpha")
+	ctx := testCtx(t)
+	xid := newXID(r)
+	b := begin(t, r, xid)
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "ROLLBACK PREPARED '"+xid.PostgresGID()+"'")
+	err := b.Commit(ctx)
+	if !errors.Is(err, resource.ErrHeuristic) || errors.Is(err, resource.ErrUnknownBranch) {
+		t.Fatalf("Commit after an outside rollback: %v, want ErrHeuristic (and not ErrUnknownBranch)", err)
 	}
 	wantCode(t, err, "42704")
+	err = r.CommitPrepared(ctx, xid)
+	if !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("CommitPrepared after an outside rollback: %v, want ErrHeuristic", err)
+	}
+	if err := r.RollbackPrepared(ctx, xid); !errors.Is(err, resource.ErrUnknownBranch) {
+		t.Fatalf("RollbackPrepared after an outside rollback: %v, want ErrUnknownBranch", err)
+	}
+	// The other way round: committed outside, then a rollback asked for.
+	xid2 := newXID(r)
+	b2 := begin(t, r, xid2)
+	if _, err := b2.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "COMMIT PREPARED '"+xid2.PostgresGID()+"'")
+	if err := b2.Rollback(ctx); !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("Rollback of a branch committed outside: %v, want ErrHeuristic", err)
+	}
+	if err := r.RollbackPrepared(ctx, xid2); !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("RollbackPrepared of a branch committed outside: %v, want ErrHeuristic", err)
+	}
+}
+
+// TestEvidenceInOneRoundTrip: the evidence row costs no round trip of its
+// own: Prepare sends it with PREPARE TRANSACTION, CommitWithMarker with
+// its marker row and COMMIT, and it is visible exactly once the branch
+// committed.
+func TestEvidenceInOneRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	e.open(t, "alpha") // migrated
+	ctx := testCtx(t)
+	cfg, err := pgx.ParseConfig(e.srv.DSN(e.dbn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes atomic.Int64
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return writeCounter{c, &writes}, nil
+	}
+	db := stdlib.OpenDB(*cfg)
+	t.Cleanup(func() { db.Close() })
+	r, err := New("alpha", db, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	xid := newXID(r)
+	b := begin(t, r, xid)
+	before := writes.Load()
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := writes.Load() - before; n != 1 {
+		t.Fatalf("Prepare wrote %d times to the server, want 1", n)
+	}
+	if ok, err := r.Committed(ctx, xid); err != nil || ok {
+		t.Fatalf("Committed while prepared = %v, %v; want false", ok, err)
+	}
+	if err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := r.Committed(ctx, xid); err != nil || !ok {
+		t.Fatalf("Committed after Commit = %v, %v; want true", ok, err)
+	}
+
+	llr := newXID(r)
+	b2 := begin(t, r, llr)
+	m := resource.Marker{GTID: llr.GTID, State: resource.StatePreCommit, Primary: "alpha", Participants: []string{"alpha", "beta"}}
+	before = writes.Load()
+	if err := b2.CommitWithMarker(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	if n := writes.Load() - before; n != 1 {
+		t.Fatalf("CommitWithMarker wrote %d times to the server, want 1", n)
+	}
+	if ok, err := r.Committed(ctx, llr); err != nil || !ok {
+		t.Fatalf("Committed after CommitWithMarker = %v, %v; want true", ok, err)
+	}
+	if got, err := r.ReadMarker(ctx, llr.GTID); err != nil || got.State != resource.StatePreCommit {
+		t.Fatalf("ReadMarker after CommitWithMarker = %+v, %v", got, err)
+	}
+}
+
+// writeCounter counts the client's writes: one per round trip.
+type writeCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (w writeCounter) Write(p []byte) (int, error) {
+	w.n.Add(1)
+	return w.Conn.Write(p)
 }
 
 func TestTempTableRefused(t *testing.T) {
@@ -449,6 +584,7 @@ func TestMarkers(t *testing.T) {
 	m := resource.Marker{
 		GTID: ulid.Make().String(), State: resource.StatePreCommit,
 		Primary: "alpha", Participants: []string{"alpha", "beta"}, Owner: "instance-1",
+		Space: resource.SpaceTag("team-a"),
 	}
 	if err := r.InsertMarker(ctx, m); err != nil {
 		t.Fatalf("InsertMarker: %v", err)
@@ -464,12 +600,21 @@ func TestMarkers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.State != resource.StatePreCommit || got.Primary != "alpha" || strings.Join(got.Participants, ",") != "alpha,beta" || got.Owner != "instance-1" {
+	if got.State != resource.StatePreCommit || got.Primary != "alpha" || strings.Join(got.Participants, ",") != "alpha,beta" || got.Owner != "instance-1" || got.Space != m.Space {
 		t.Fatalf("ReadMarker = %+v", got)
 	}
 	if got.CreatedAt.Before(before.Add(-time.Minute)) || got.CreatedAt.After(time.Now().Add(time.Minute)) {
 		t.Fatalf("CreatedAt %v, want about now", got.CreatedAt)
 	}
+	if got.Age < 0 || got.Age > time.Minute {
+		t.Fatalf("Age %v, want a little", got.Age)
+	}
+	e.exec(t, "UPDATE threepc_markers SET created_at = now() - interval '90 minutes' WHERE gtid = $1", m.GTID)
+	if got, err := r.ReadMarker(ctx, m.GTID); err != nil || got.Age < 90*time.Minute || got.Age > 91*time.Minute {
+		t.Fatalf("Age of a row 90 minutes old by the database clock: %v, %v", got.Age, err)
+	}
+	// An evidence row of the same gtid is not a marker.
+	e.exec(t, "INSERT INTO threepc_markers (gtid, branch, state, primary_name, participants, owner) VALUES ($1, 'beta', 'evidence', 'alpha', '', '')", m.GTID)
 	if _, err := r.ReadMarker(ctx, ulid.Make().String()); !errors.Is(err, resource.ErrNoMarker) {
 		t.Fatalf("ReadMarker of a missing row: %v, want ErrNoMarker", err)
 	}
@@ -482,11 +627,27 @@ func TestMarkers(t *testing.T) {
 	if err != nil || len(list) != 2 || list[0].GTID != m.GTID || list[1].GTID != m2.GTID {
 		t.Fatalf("ListMarkers = %+v, %v", list, err)
 	}
+	e.exec(t, "UPDATE threepc_markers SET state = 'abort' WHERE gtid = $1 AND branch = ''", m2.GTID)
+	if err := r.Tombstone(ctx, m.GTID, m2.GTID, ulid.Make().String()); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.ReadMarker(ctx, m.GTID); err != nil || got.State != resource.StateCommitted {
+		t.Fatalf("ReadMarker after Tombstone = %+v, %v; want committed", got, err)
+	}
+	if got, err := r.ReadMarker(ctx, m2.GTID); err != nil || got.State != resource.StateAbort {
+		t.Fatalf("ReadMarker of an abort row after Tombstone = %+v, %v; want abort", got, err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM threepc_markers WHERE state = 'evidence'"); n != 1 {
+		t.Fatalf("%d evidence rows after Tombstone, want 1", n)
+	}
 	if err := r.DeleteMarkers(ctx, m.GTID, m2.GTID, ulid.Make().String()); err != nil {
 		t.Fatal(err)
 	}
 	if list, err := r.ListMarkers(ctx); err != nil || len(list) != 0 {
 		t.Fatalf("ListMarkers after delete = %+v, %v", list, err)
+	}
+	if n := e.count(t, "SELECT count(*) FROM threepc_markers"); n != 0 {
+		t.Fatalf("%d rows after DeleteMarkers, want 0 (evidence too)", n)
 	}
 }
 
@@ -510,6 +671,33 @@ func TestMarkerTableMissing(t *testing.T) {
 	if !errors.Is(err, resource.ErrMarkerTableMissing) || !strings.Contains(err.Error(), "migrat") {
 		t.Fatalf("Check without the table: %v", err)
 	}
+	// Migration 1 only: the table has no branch column for evidence rows.
+	fsys, err := migrations.FS(migrations.DialectPostgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := fs.ReadFile(fsys, "1_markers.up.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, string(v1))
+	err = r.Check(ctx)
+	if !errors.Is(err, resource.ErrMarkerTableMissing) || !strings.Contains(err.Error(), "migrat") || !strings.Contains(err.Error(), "branch") {
+		t.Fatalf("Check on migration 1 only: %v, want ErrMarkerTableMissing naming the branch column and the migrations", err)
+	}
+	if _, err := r.ListMarkers(ctx); !errors.Is(err, resource.ErrMarkerTableMissing) {
+		t.Fatalf("ListMarkers on migration 1 only: %v", err)
+	}
+	b := begin(t, r, newXID(r))
+	_, err = b.Prepare(ctx)
+	if !errors.Is(err, resource.ErrMarkerTableMissing) || !errors.Is(err, resource.ErrPrepareRefused) {
+		t.Fatalf("Prepare on migration 1 only: %v, want ErrPrepareRefused and ErrMarkerTableMissing", err)
+	}
+	wantCode(t, err, "42703")
+	if err := b.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "DROP TABLE threepc_markers")
 	if err := migrations.Up(ctx, r.DB(), migrations.DialectPostgres); err != nil {
 		t.Fatal(err)
 	}
@@ -692,6 +880,10 @@ func TestPrepareOnKilledSession(t *testing.T) {
 	}
 	if !errors.Is(err, resource.ErrUnreachable) {
 		t.Fatalf("Prepare on a terminated session: %v, want ErrUnreachable", err)
+	}
+	// Nothing was prepared and nothing committed: a commit cannot be nil.
+	if err := b.Commit(ctx); !errors.Is(err, resource.ErrHeuristic) {
+		t.Fatalf("Commit after a lost PREPARE that did not happen: %v, want ErrHeuristic", err)
 	}
 	if err := b.Rollback(ctx); err != nil {
 		t.Fatalf("Rollback after a lost PREPARE: %v", err)

@@ -89,7 +89,7 @@ type variant struct {
 	maria mysql.Config
 }
 
-var fastMaria = mysql.Config{KeepAttached: true, DisableReadOnlyVote: true}
+var fastMaria = mysql.Config{DisableReadOnlyVote: true}
 
 var variants = []variant{
 	{"2pc", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}, mysql.Config{}},

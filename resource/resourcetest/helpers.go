@@ -22,9 +22,10 @@ import (
 func NewGTID() string { return ulid.Make().String() }
 
 // NewXID returns an id for a branch of a new global transaction on r, with
-// r as its own primary.
+// r as its own primary, in the default namespace. Use the branch's own
+// XID() once it has begun: a driver may add the session to it.
 func NewXID(r resource.Resource) resource.XID {
-	return resource.XID{GTID: NewGTID(), Primary: r.Name(), Branch: r.Name()}
+	return resource.XID{GTID: NewGTID(), Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("")}
 }
 
 // Placeholder returns the n-th (1-based) bind placeholder in the dialect

@@ -35,7 +35,7 @@ func testCommitWithMarker(t *testing.T, target Target) {
 	// beginWriting starts a branch of gtid that wrote row id.
 	beginWriting := func(t *testing.T, gtid string, id int) resource.Branch {
 		t.Helper()
-		b := begin(t, ctx, r, resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name()})
+		b := begin(t, ctx, r, resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("")})
 		execIn(t, ctx, b, insertSQL(id, id*10))
 		return b
 	}
@@ -56,6 +56,9 @@ func testCommitWithMarker(t *testing.T, target Target) {
 			t.Fatalf("ReadMarker after CommitWithMarker: %v", err)
 		}
 		checkMarker(t, got, m, "after CommitWithMarker")
+		// The marker row proves the decision; the evidence row proves
+		// this branch's commit, as for any other branch.
+		wantCommitted(t, ctx, r, b.XID(), true, "after CommitWithMarker")
 		wantPrepared(t, ctx, r, "after CommitWithMarker")
 		if err := b.Rollback(ctx); err == nil {
 			// Some drivers answer nil for any finished branch; then the
@@ -84,6 +87,7 @@ func testCommitWithMarker(t *testing.T, target Target) {
 			t.Fatalf("ReadMarker: %v", err)
 		}
 		checkMarker(t, got, fence, "the abort row after the refused commit")
+		wantCommitted(t, ctx, r, b.XID(), false, "after a refused CommitWithMarker")
 		wantPrepared(t, ctx, r, "after a refused CommitWithMarker")
 		checkPool(t, ctx, r, 100)
 	})

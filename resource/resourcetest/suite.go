@@ -43,6 +43,9 @@ func Run(t *testing.T, target Target) {
 		{"AbandonBlockedBranch", testAbandon},
 		{"Check", testCheck},
 		{"CommitWithMarker", testCommitWithMarker},
+		{"Evidence", testEvidence},
+		{"Tombstone", testTombstone},
+		{"OutsideRollbackIsHeuristic", testOutsideRollback},
 		// Last: it kills the server, and a failure half-way could leave it
 		// down for the subtests after it.
 		{"SurvivesServerCrash", testSurvivesCrash},
@@ -153,11 +156,15 @@ func begin(t *testing.T, ctx context.Context, r resource.Resource, xid resource.
 			// of the same resource.
 			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 			defer cancel()
-			_ = byID(ctx, r.RollbackPrepared, xid)
+			_ = byID(ctx, r.RollbackPrepared, b.XID())
 		}
 	})
-	if got := b.XID(); got != xid {
-		t.Errorf("XID() = %+v, want %+v", got, xid)
+	// The driver may record its session in the id (MySQL); nothing else
+	// may change. Callers use b.XID() from here on.
+	if got := b.XID(); !got.SameBranch(xid) {
+		t.Errorf("XID() = %+v, want the same branch as %+v", got, xid)
+	} else if err := got.Validate(); err != nil {
+		t.Errorf("XID() = %+v: %v", got, err)
 	}
 	return b
 }
@@ -220,8 +227,33 @@ func wantPrepared(t *testing.T, ctx context.Context, r resource.Resource, why st
 	got := recovered(t, ctx, r)
 	want = slices.Clone(want)
 	slices.SortFunc(want, func(a, b resource.XID) int { return strings.Compare(a.String(), b.String()) })
-	if !slices.Equal(got, want) {
+	if !slices.EqualFunc(got, want, resource.XID.SameBranch) {
 		t.Errorf("%s: Recover on %s lists %v, want %v", why, r.Name(), got, want)
+	}
+}
+
+// wantHeuristic checks that a commit of a branch gone without its evidence
+// says so: nil would report a commit that did not happen, and
+// ErrUnknownBranch alone would let a caller take it for "finished".
+func wantHeuristic(t *testing.T, err error, what string) {
+	t.Helper()
+	if !errors.Is(err, resource.ErrHeuristic) {
+		t.Errorf("%s: err = %v, want an error wrapping ErrHeuristic", what, err)
+	}
+}
+
+// wantCommitted checks the evidence of a branch from a pool connection.
+func wantCommitted(t *testing.T, ctx context.Context, r resource.Resource, xid resource.XID, want bool, why string) {
+	t.Helper()
+	var got bool
+	err := RetryUnreachable(30*time.Second, func() (err error) {
+		got, err = r.Committed(ctx, xid)
+		return err
+	})
+	if err != nil {
+		t.Errorf("%s: Committed(%s): %v", why, xid, err)
+	} else if got != want {
+		t.Errorf("%s: Committed(%s) = %v, want %v", why, xid, got, want)
 	}
 }
 
@@ -243,7 +275,8 @@ func wantGone(t *testing.T, err error, what string) {
 
 // byID runs CommitPrepared or RollbackPrepared, retrying while the
 // driver says the branch is still busy: a branch whose connection was just
-// closed may still be attached to its dying session for a moment (MariaDB).
+// closed may still be held by its session for a moment, and the contract
+// allows ErrBranchBusy for that.
 func byID(ctx context.Context, f func(context.Context, resource.XID) error, xid resource.XID) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -261,8 +294,8 @@ func testPrepareCommit(t *testing.T, target Target) {
 	r := newResource(t, target, "rt_commit")
 	createItems(t, r)
 
-	xid := NewXID(r)
-	b := begin(t, ctx, r, xid)
+	b := begin(t, ctx, r, NewXID(r))
+	xid := b.XID()
 	execIn(t, ctx, b, insertSQL(1, 10))
 	if n := CountRows(t, b, "rt_items", "id = 1"); n != 1 {
 		t.Fatalf("inside the branch, its own row: found %d rows, want 1", n)
@@ -270,6 +303,7 @@ func testPrepareCommit(t *testing.T, target Target) {
 	prepare(t, ctx, b)
 	wantNoRow(t, r, 1, "prepared, not committed, seen from another connection")
 	wantPrepared(t, ctx, r, "after Prepare", xid)
+	wantCommitted(t, ctx, r, xid, false, "prepared, not committed")
 
 	if err := b.Commit(ctx); err != nil {
 		t.Fatalf("Commit: %v", err)
@@ -277,6 +311,7 @@ func testPrepareCommit(t *testing.T, target Target) {
 	closeBranch(t, b)
 	closeBranch(t, b) // Close is idempotent.
 	wantRow(t, r, 1, "after Commit")
+	wantCommitted(t, ctx, r, xid, true, "after Commit")
 	if v := QueryInt(t, r.DB(), "SELECT v FROM rt_items WHERE id = 1"); v != 10 {
 		t.Errorf("after Commit: v = %d, want 10", v)
 	}
@@ -289,8 +324,8 @@ func testPrepareRollback(t *testing.T, target Target) {
 	r := newResource(t, target, "rt_rollback")
 	createItems(t, r)
 
-	xid := NewXID(r)
-	b := begin(t, ctx, r, xid)
+	b := begin(t, ctx, r, NewXID(r))
+	xid := b.XID()
 	execIn(t, ctx, b, insertSQL(1, 10))
 	prepare(t, ctx, b)
 	wantNoRow(t, r, 1, "prepared, seen from another connection")
@@ -302,6 +337,7 @@ func testPrepareRollback(t *testing.T, target Target) {
 	closeBranch(t, b)
 	wantNoRow(t, r, 1, "after Rollback")
 	wantPrepared(t, ctx, r, "after Rollback")
+	wantCommitted(t, ctx, r, xid, false, "after Rollback")
 }
 
 // 3.
@@ -338,18 +374,22 @@ func testSurvivesDisconnect(t *testing.T, target Target) {
 	r := newResource(t, target, "rt_disconnect")
 	createItems(t, r)
 
-	xid := NewXID(r)
-	b := begin(t, ctx, r, xid)
+	b := begin(t, ctx, r, NewXID(r))
+	xid := b.XID()
 	execIn(t, ctx, b, insertSQL(1, 10))
 	prepare(t, ctx, b)
 	closeBranch(t, b)
 	wantNoRow(t, r, 1, "prepared branch whose connection was closed")
 	wantPrepared(t, ctx, r, "prepared branch whose connection was closed", xid)
+	wantCommitted(t, ctx, r, xid, false, "prepared branch whose connection was closed")
 
+	// nil from CommitPrepared is a proven commit: the effect and the
+	// evidence are there.
 	if err := byID(ctx, r.CommitPrepared, xid); err != nil {
 		t.Fatalf("CommitPrepared(%s) from a new connection, after the branch's connection was closed: %v", xid, err)
 	}
 	wantRow(t, r, 1, "after CommitPrepared")
+	wantCommitted(t, ctx, r, xid, true, "after CommitPrepared")
 	wantPrepared(t, ctx, r, "after CommitPrepared")
 }
 
@@ -362,11 +402,12 @@ func testSurvivesCrash(t *testing.T, target Target) {
 	r := newResource(t, target, "rt_crash")
 	createItems(t, r)
 
-	commitXID, rollbackXID := NewXID(r), NewXID(r)
-	b1 := begin(t, ctx, r, commitXID)
+	b1 := begin(t, ctx, r, NewXID(r))
+	commitXID := b1.XID()
 	execIn(t, ctx, b1, insertSQL(1, 10))
 	prepare(t, ctx, b1)
-	b2 := begin(t, ctx, r, rollbackXID)
+	b2 := begin(t, ctx, r, NewXID(r))
+	rollbackXID := b2.XID()
 	execIn(t, ctx, b2, insertSQL(2, 20))
 	prepare(t, ctx, b2)
 	closeBranch(t, b1)
@@ -401,7 +442,9 @@ func testSurvivesCrash(t *testing.T, target Target) {
 		t.Fatalf("RollbackPrepared after restart: %v", err)
 	}
 	wantRow(t, r, 1, "committed by id after the restart")
+	wantCommitted(t, ctx, r, commitXID, true, "committed by id after the restart")
 	wantNoRow(t, r, 2, "rolled back by id after the restart")
+	wantCommitted(t, ctx, r, rollbackXID, false, "rolled back by id after the restart")
 	wantPrepared(t, ctx, r, "after finishing both branches")
 }
 
@@ -442,18 +485,34 @@ func testRecoverOwnOnly(t *testing.T, target Target) {
 	// One global transaction with a branch on each resource, both on the
 	// same database: only the branch's own name tells them apart.
 	gtid := NewGTID()
-	mine := resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name()}
-	theirs := resource.XID{GTID: gtid, Primary: r.Name(), Branch: other.Name()}
-	b := begin(t, ctx, r, mine)
+	space := resource.SpaceTag("")
+	b := begin(t, ctx, r, resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name(), Space: space})
+	mine := b.XID()
 	execIn(t, ctx, b, insertSQL(1, 10))
 	prepare(t, ctx, b)
-	ob := begin(t, ctx, other, theirs)
+	ob := begin(t, ctx, other, resource.XID{GTID: gtid, Primary: r.Name(), Branch: other.Name(), Space: space})
+	theirs := ob.XID()
 	execIn(t, ctx, ob, insertSQL(2, 20))
 	prepare(t, ctx, ob)
+	// Another deployment's branch of this resource: Recover lists every
+	// namespace, recovery keeps its own.
+	nb := begin(t, ctx, r, resource.XID{GTID: NewGTID(), Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("resourcetest-other")})
+	elsewhere := nb.XID()
+	execIn(t, ctx, nb, insertSQL(3, 30))
+	prepare(t, ctx, nb)
 
-	wantPrepared(t, ctx, r, "a foreign prepared transaction and another resource's branch on the same database", mine)
+	wantPrepared(t, ctx, r, "a foreign prepared transaction, another resource's branch on the same database and a branch of another namespace", mine, elsewhere)
 	wantPrepared(t, ctx, other, "the other resource on the same database", theirs)
+	for _, x := range recovered(t, ctx, r) {
+		if x.SameBranch(elsewhere) && x.Space != elsewhere.Space {
+			t.Errorf("Recover: %s has namespace tag %q, want %q", x, x.Space, elsewhere.Space)
+		}
+	}
 
+	if err := nb.Rollback(ctx); err != nil {
+		t.Fatalf("Rollback of the other namespace's branch: %v", err)
+	}
+	closeBranch(t, nb)
 	if err := b.Commit(ctx); err != nil {
 		t.Fatalf("Commit on %s: %v", r.Name(), err)
 	}
@@ -467,11 +526,21 @@ func testRecoverOwnOnly(t *testing.T, target Target) {
 
 	wantRow(t, r, 1, "committed branch")
 	wantNoRow(t, r, 2, "the other resource's rolled back branch")
+	wantNoRow(t, r, 3, "the other namespace's rolled back branch")
+	// Evidence is per branch: the other resource's branch of the same
+	// gtid left none.
+	wantCommitted(t, ctx, r, mine, true, "committed branch")
+	wantCommitted(t, ctx, other, theirs, false, "the other resource's rolled back branch of the same gtid")
 	wantPrepared(t, ctx, r, "after finishing everything")
 	wantPrepared(t, ctx, other, "after finishing everything")
 }
 
 // 7.
+//
+// A branch that is not prepared (never was, or is finished) proves
+// nothing by its absence: a commit of it is nil only with its evidence,
+// else ErrHeuristic; a rollback of it is ErrUnknownBranch, or
+// ErrHeuristic when it committed.
 func testFinishedBranches(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_finished")
@@ -479,14 +548,18 @@ func testFinishedBranches(t *testing.T, target Target) {
 
 	t.Run("NeverPrepared", func(t *testing.T) {
 		xid := NewXID(r)
-		wantUnknown(t, r.CommitPrepared(ctx, xid), "CommitPrepared of an id never used")
+		wantHeuristic(t, r.CommitPrepared(ctx, xid), "CommitPrepared of an id never used")
 		wantUnknown(t, r.RollbackPrepared(ctx, xid), "RollbackPrepared of an id never used")
 
-		// An active branch is not a prepared one, whatever its id.
+		// An active branch is not a prepared one, whatever its id: a
+		// commit by id must neither commit it nor claim it committed.
 		b := begin(t, ctx, r, NewXID(r))
 		execIn(t, ctx, b, insertSQL(1, 10))
-		wantUnknown(t, r.CommitPrepared(ctx, b.XID()), "CommitPrepared of an active branch")
-		if err := b.Rollback(ctx); err != nil {
+		err := r.CommitPrepared(ctx, b.XID())
+		if err == nil || !errors.Is(err, resource.ErrHeuristic) && !errors.Is(err, resource.ErrBranchBusy) {
+			t.Errorf("CommitPrepared of an active branch: %v, want an error wrapping ErrHeuristic or ErrBranchBusy", err)
+		}
+		if err := b.Rollback(ctx); err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
 			t.Errorf("Rollback of the active branch: %v", err)
 		}
 		closeBranch(t, b)
@@ -495,47 +568,49 @@ func testFinishedBranches(t *testing.T, target Target) {
 	})
 
 	t.Run("AlreadyCommitted", func(t *testing.T) {
-		xid := NewXID(r)
-		b := begin(t, ctx, r, xid)
+		b := begin(t, ctx, r, NewXID(r))
+		xid := b.XID()
 		execIn(t, ctx, b, insertSQL(2, 20))
 		prepare(t, ctx, b)
 		closeBranch(t, b)
 		if err := byID(ctx, r.CommitPrepared, xid); err != nil {
 			t.Fatalf("CommitPrepared: %v", err)
 		}
-		wantUnknown(t, r.CommitPrepared(ctx, xid), "CommitPrepared of a committed branch")
-		wantUnknown(t, r.RollbackPrepared(ctx, xid), "RollbackPrepared of a committed branch")
+		// Someone committed it (the evidence says so): committing again
+		// is fine, rolling back contradicts it.
+		if err := r.CommitPrepared(ctx, xid); err != nil {
+			t.Errorf("CommitPrepared of a committed branch: %v, want nil (its evidence is there)", err)
+		}
+		wantHeuristic(t, r.RollbackPrepared(ctx, xid), "RollbackPrepared of a committed branch")
 		wantRow(t, r, 2, "committed branch")
 		wantPrepared(t, ctx, r, "after AlreadyCommitted")
 	})
 
 	t.Run("AlreadyRolledBack", func(t *testing.T) {
-		xid := NewXID(r)
-		b := begin(t, ctx, r, xid)
+		b := begin(t, ctx, r, NewXID(r))
+		xid := b.XID()
 		execIn(t, ctx, b, insertSQL(3, 30))
 		prepare(t, ctx, b)
 		closeBranch(t, b)
 		if err := byID(ctx, r.RollbackPrepared, xid); err != nil {
 			t.Fatalf("RollbackPrepared: %v", err)
 		}
-		wantUnknown(t, r.CommitPrepared(ctx, xid), "CommitPrepared of a rolled back branch")
+		wantHeuristic(t, r.CommitPrepared(ctx, xid), "CommitPrepared of a rolled back branch")
 		wantUnknown(t, r.RollbackPrepared(ctx, xid), "RollbackPrepared of a rolled back branch")
 		wantNoRow(t, r, 3, "rolled back branch")
 		wantPrepared(t, ctx, r, "after AlreadyRolledBack")
 	})
 
 	// Recovery finishes the branches of a stalled coordinator while the
-	// coordinator may still hold them open. Two designs conform:
-	//   - the driver detaches a prepared branch from its session (MySQL 8
-	//     xa_detach_on_prepare, or closing the session after XA PREPARE on
-	//     MariaDB), so it can be finished by id at once, and the branch's
-	//     own Commit then reports ErrUnknownBranch;
-	//   - the branch stays attached to its open session (MariaDB keeps a
-	//     prepared XA attached, and other sessions get XAER_NOTA 1397 for
-	//     it): finishing it by id must then say ErrBranchBusy, and work
-	//     once the branch is closed.
-	// What never conforms is ErrUnknownBranch for a branch that Recover
-	// lists as prepared: recovery reads that as "already finished".
+	// coordinator may still hold them open. A driver may take the branch
+	// over (PostgreSQL: a prepared transaction belongs to no session;
+	// MariaDB: end the holding session, wait until the engine has the
+	// transaction) or refuse with ErrBranchBusy. Either way, nil means
+	// done and proven, and the coordinator's own Commit or Rollback
+	// afterwards must tell the truth: the branch's Commit after a
+	// rollback by id is ErrHeuristic, never nil. ErrUnknownBranch for a
+	// branch that Recover lists as prepared never conforms: recovery
+	// reads it as "already finished".
 	for _, tc := range []struct {
 		name   string
 		commit bool
@@ -549,35 +624,42 @@ func testFinishedBranches(t *testing.T, target Target) {
 			if tc.commit {
 				finish, verb = r.CommitPrepared, "CommitPrepared"
 			}
-			xid := NewXID(r)
-			b := begin(t, ctx, r, xid)
+			b := begin(t, ctx, r, NewXID(r))
+			xid := b.XID()
 			execIn(t, ctx, b, insertSQL(tc.id, 1))
 			prepare(t, ctx, b)
 			wantPrepared(t, ctx, r, "prepared and still open", xid)
 			err := finish(ctx, xid)
 			switch {
+			case err == nil && tc.commit:
+				wantRow(t, r, tc.id, verb+" by id answered nil")
+				wantCommitted(t, ctx, r, xid, true, verb+" by id answered nil")
+				if err := b.Commit(ctx); err != nil {
+					t.Errorf("Branch.Commit after %s by id elsewhere: %v, want nil (the evidence is there)", verb, err)
+				}
+				closeBranch(t, b)
 			case err == nil:
-				// Detached: the coordinator must learn that the branch is
-				// gone, above all when it was rolled back.
-				wantUnknown(t, b.Commit(ctx), "Branch.Commit after "+verb+" by id elsewhere")
+				wantHeuristic(t, b.Commit(ctx), "Branch.Commit after "+verb+" by id elsewhere")
 				wantGone(t, b.Rollback(ctx), "Branch.Rollback after "+verb+" by id elsewhere")
 				closeBranch(t, b)
 			case errors.Is(err, resource.ErrBranchBusy):
-				t.Logf("%s while the branch is open: %v (the driver keeps prepared branches attached to their session)", verb, err)
+				t.Logf("%s while the branch is open: %v (the driver refuses to take over a branch held by a live session)", verb, err)
 				wantPrepared(t, ctx, r, "after a busy "+verb, xid)
 				closeBranch(t, b)
 				if err := byID(ctx, finish, xid); err != nil {
 					t.Fatalf("%s after the branch was closed: %v", verb, err)
 				}
 			case errors.Is(err, resource.ErrUnknownBranch):
-				t.Fatalf("%s(%s) while the branch is open: %v; but Recover lists it as prepared, and recovery would take ErrUnknownBranch for \"already finished\" (detach the branch after prepare, or report ErrBranchBusy)", verb, xid, err)
+				t.Fatalf("%s(%s) while the branch is open: %v; but Recover lists it as prepared, and recovery would take ErrUnknownBranch for \"already finished\" (take the branch over, or report ErrBranchBusy)", verb, xid, err)
 			default:
 				t.Fatalf("%s(%s) while the branch is open: %v, want nil or ErrBranchBusy", verb, xid, err)
 			}
 			if tc.commit {
 				wantRow(t, r, tc.id, "committed by id")
+				wantCommitted(t, ctx, r, xid, true, "committed by id")
 			} else {
 				wantNoRow(t, r, tc.id, "rolled back by id")
+				wantCommitted(t, ctx, r, xid, false, "rolled back by id")
 			}
 			wantPrepared(t, ctx, r, "after "+tc.name)
 		})
@@ -588,10 +670,10 @@ func testFinishedBranches(t *testing.T, target Target) {
 		if errors.Is(err, resource.ErrInvalidID) || errors.Is(err, resource.ErrInvalidName) || resource.IsConnectionError(err) {
 			t.Errorf("CommitPrepared of an unknown id: %v, which also matches another sentinel", err)
 		}
-		bad := resource.XID{GTID: "not-a-gtid", Primary: r.Name(), Branch: r.Name()}
+		bad := resource.XID{GTID: "not-a-gtid", Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("")}
 		err = r.CommitPrepared(ctx, bad)
-		if !errors.Is(err, resource.ErrInvalidID) || errors.Is(err, resource.ErrUnknownBranch) {
-			t.Errorf("CommitPrepared of a malformed id: %v, want ErrInvalidID and not ErrUnknownBranch", err)
+		if !errors.Is(err, resource.ErrInvalidID) || errors.Is(err, resource.ErrUnknownBranch) || errors.Is(err, resource.ErrHeuristic) {
+			t.Errorf("CommitPrepared of a malformed id: %v, want ErrInvalidID and neither ErrUnknownBranch nor ErrHeuristic", err)
 		}
 	})
 }
@@ -606,6 +688,7 @@ func testMarkers(t *testing.T, target Target) {
 	m := resource.Marker{
 		GTID: NewGTID(), State: resource.StatePreCommit,
 		Primary: r.Name(), Participants: participants, Owner: "instance-1",
+		Space: resource.SpaceTag("resourcetest"),
 	}
 	if err := r.InsertMarker(ctx, m); err != nil {
 		t.Fatalf("InsertMarker: %v", err)
@@ -622,7 +705,9 @@ func testMarkers(t *testing.T, target Target) {
 	t.Run("CompareAndSet", func(t *testing.T) {
 		for _, again := range []resource.Marker{
 			m, // the same row again
-			{GTID: m.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Owner: "recovery-2"},
+			// The compare-and-set is on the gtid alone: deployments that
+			// share the table never share a gtid.
+			{GTID: m.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Owner: "recovery-2", Space: resource.SpaceTag("")},
 		} {
 			err := r.InsertMarker(ctx, again)
 			if !errors.Is(err, resource.ErrMarkerExists) {
@@ -650,6 +735,10 @@ func testMarkers(t *testing.T, target Target) {
 		bad := resource.Marker{GTID: NewGTID(), State: "maybe", Primary: r.Name(), Participants: []string{r.Name()}}
 		if err := r.InsertMarker(ctx, bad); !errors.Is(err, resource.ErrInvalidID) {
 			t.Errorf("InsertMarker with state %q: err = %v, want ErrInvalidID", bad.State, err)
+		}
+		badSpace := resource.Marker{GTID: bad.GTID, State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Space: "x'"}
+		if err := r.InsertMarker(ctx, badSpace); !errors.Is(err, resource.ErrInvalidID) {
+			t.Errorf("InsertMarker with namespace tag %q: err = %v, want ErrInvalidID", badSpace.Space, err)
 		}
 		if _, err := r.ReadMarker(ctx, bad.GTID); !errors.Is(err, resource.ErrNoMarker) {
 			t.Errorf("ReadMarker after an invalid insert: err = %v, want ErrNoMarker", err)
@@ -725,7 +814,7 @@ func testMarkers(t *testing.T, target Target) {
 func checkMarker(t *testing.T, got, want resource.Marker, why string) {
 	t.Helper()
 	if got.GTID != want.GTID || got.State != want.State || got.Primary != want.Primary ||
-		got.Owner != want.Owner || !slices.Equal(got.Participants, want.Participants) {
+		got.Owner != want.Owner || got.Space != want.Space || !slices.Equal(got.Participants, want.Participants) {
 		t.Errorf("%s: ReadMarker = %+v, want %+v", why, got, want)
 	}
 	if got.CreatedAt.IsZero() {
@@ -828,8 +917,9 @@ func testReadOnly(t *testing.T, target Target) {
 						t.Errorf("Rollback of a prepared read-only branch: %v", err)
 					}
 				default:
-					// MariaDB fails XA COMMIT of a detached read-only
-					// branch with XA_RBROLLBACK (1402).
+					// A prepared read-only branch is committed like any
+					// other (MariaDB answers a by-id XA COMMIT of one with
+					// XA_RBROLLBACK 1402, which proves nothing).
 					if err := b.Commit(ctx); err != nil {
 						t.Errorf("Commit of a prepared read-only branch: %v", err)
 					}
@@ -1003,6 +1093,7 @@ func testValidation(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_valid")
 	gtid := NewGTID()
+	space := resource.SpaceTag("")
 	invalid := []error{resource.ErrInvalidName, resource.ErrInvalidID}
 	for _, tc := range []struct {
 		name   string
@@ -1010,12 +1101,14 @@ func testValidation(t *testing.T, target Target) {
 		want   []error
 		byIDOK bool // CommitPrepared may accept it: the id itself is well-formed
 	}{
-		{"BranchOfAnotherResource", resource.XID{GTID: gtid, Primary: r.Name(), Branch: "someone_else"}, invalid, true},
-		{"MalformedGTID", resource.XID{GTID: "not-a-gtid", Primary: r.Name(), Branch: r.Name()}, []error{resource.ErrInvalidID}, false},
-		{"GTIDWithQuote", resource.XID{GTID: gtid[:25] + "'", Primary: r.Name(), Branch: r.Name()}, []error{resource.ErrInvalidID}, false},
-		{"PrimaryTooLong", resource.XID{GTID: gtid, Primary: strings.Repeat("p", resource.MaxNameLen+1), Branch: r.Name()}, []error{resource.ErrInvalidName}, false},
-		{"PrimaryWithQuote", resource.XID{GTID: gtid, Primary: "a'b", Branch: r.Name()}, []error{resource.ErrInvalidName}, false},
-		{"EmptyPrimary", resource.XID{GTID: gtid, Branch: r.Name()}, []error{resource.ErrInvalidName}, false},
+		{"BranchOfAnotherResource", resource.XID{GTID: gtid, Primary: r.Name(), Branch: "someone_else", Space: space}, invalid, true},
+		{"MalformedGTID", resource.XID{GTID: "not-a-gtid", Primary: r.Name(), Branch: r.Name(), Space: space}, []error{resource.ErrInvalidID}, false},
+		{"GTIDWithQuote", resource.XID{GTID: gtid[:25] + "'", Primary: r.Name(), Branch: r.Name(), Space: space}, []error{resource.ErrInvalidID}, false},
+		{"PrimaryTooLong", resource.XID{GTID: gtid, Primary: strings.Repeat("p", resource.MaxNameLen+1), Branch: r.Name(), Space: space}, []error{resource.ErrInvalidName}, false},
+		{"PrimaryWithQuote", resource.XID{GTID: gtid, Primary: "a'b", Branch: r.Name(), Space: space}, []error{resource.ErrInvalidName}, false},
+		{"EmptyPrimary", resource.XID{GTID: gtid, Branch: r.Name(), Space: space}, []error{resource.ErrInvalidName}, false},
+		{"NoNamespace", resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name()}, []error{resource.ErrInvalidID}, false},
+		{"NamespaceWithQuote", resource.XID{GTID: gtid, Primary: r.Name(), Branch: r.Name(), Space: space[:7] + "'"}, []error{resource.ErrInvalidID}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := r.Begin(ctx, tc.xid)

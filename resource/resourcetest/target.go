@@ -32,4 +32,12 @@ type Target struct {
 	// write on the database of r (raw PREPARE TRANSACTION / XA with another
 	// id format) and returns a function that finishes it.
 	PrepareForeign func(t *testing.T, r resource.Resource) (finish func())
+
+	// RollbackOutside rolls back the prepared branch xid (as Branch.XID
+	// returned it) behind the driver's back, as an operator would: a raw
+	// ROLLBACK PREPARED or XA ROLLBACK by id through a plain connection to
+	// r's database, after ending the session that holds the branch if the
+	// server needs that (MariaDB keeps a prepared XA attached). It must not
+	// use the driver's own finishing code, and must leave no evidence.
+	RollbackOutside func(t *testing.T, r resource.Resource, xid resource.XID)
 }
