@@ -468,6 +468,18 @@ func TestNamespaces(t *testing.T) {
 	wantQuiet(t, r, recoveryWarnings...)
 	d.settle(t)
 	d.wantChecked(t, 400000)
+
+	// The hand-written baseline writes its ids and rows in its namespace
+	// too: the default namespace's scan finds nothing of its own.
+	want(t, cli(t, d.args("bank", "run", "--namespace", "blue", "--protocol", "handwritten2pc", "--transfers", "40")...), 0, "committed")
+	r = cli(t, d.args("recover", "--horizon", "0")...)
+	want(t, r, 0, "nothing in doubt")
+	wantQuiet(t, r)
+	if strings.Contains(r.stdout, "GTID") {
+		t.Fatalf("the default namespace's recovery acted on blue's rows:\n%s", r)
+	}
+	want(t, cli(t, d.args("inspect", "--horizon", "0", "--all", "--namespace", "blue")...), 0, "committed", "nothing in doubt")
+	d.wantChecked(t, 400000)
 }
 
 func TestDemoExistingServers(t *testing.T) {

@@ -74,7 +74,7 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 		if _, err := conn.ExecContext(wctx, begin); err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
 		}
-		if err := w.execLeg(wctx, conn, t, i, &evidenceRow{gtid: gtid, primary: primary}); err != nil {
+		if err := w.execLeg(wctx, conn, t, i, &evidenceRow{gtid: gtid, primary: primary, space: w.space}); err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseWork, err)
 		}
 	}
@@ -109,9 +109,9 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 		participants = append(participants, l.res)
 	}
 	slices.Sort(participants)
-	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES (" +
-		placeholder(pd, 1) + ", 'precommit', " + placeholder(pd, 2) + ", " + placeholder(pd, 3) + ", 'handwritten2pc')"
-	if _, err := w.byName[primary].DB().ExecContext(wctx, ins, gtid, primary, resource.JoinParticipants(participants)); err != nil {
+	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) VALUES (" +
+		placeholder(pd, 1) + ", 'precommit', " + placeholder(pd, 2) + ", " + placeholder(pd, 3) + ", 'handwritten2pc', " + placeholder(pd, 4) + ")"
+	if _, err := w.byName[primary].DB().ExecContext(wctx, ins, gtid, primary, resource.JoinParticipants(participants), w.space); err != nil {
 		// A hand-written baseline does not re-read an unknown outcome;
 		// the prepared branches are left to recovery in that case.
 		if isConnErr(err) {

@@ -47,7 +47,7 @@ func newTransfer(id string, legs ...leg) transfer {
 // evidenceRow is the evidence row a hand-written branch inserts for
 // recovery (resource.EvidenceState), or nothing.
 type evidenceRow struct {
-	gtid, primary string
+	gtid, primary, space string
 }
 
 // execLeg runs leg i of t on e: the balance update and the ledger row
@@ -62,15 +62,15 @@ func (w *Workload) execLeg(ctx context.Context, e execer, t transfer, i int, ev 
 		_, err := e.ExecContext(ctx, pgLegSQL, l.delta, l.id, t.id, i, t.participants, proto)
 		return err
 	case w.dialect[l.res] == "postgres":
-		_, err := e.ExecContext(ctx, pgLegEvidenceSQL, l.delta, l.id, t.id, i, t.participants, proto, ev.gtid, l.res, ev.primary)
+		_, err := e.ExecContext(ctx, pgLegEvidenceSQL, l.delta, l.id, t.id, i, t.participants, proto, ev.gtid, l.res, ev.primary, ev.space)
 		return err
-	case w.multi[l.res] && validID(t.id) && (ev == nil || validID(ev.gtid) && validID(ev.primary)):
+	case w.multi[l.res] && validID(t.id) && (ev == nil || validID(ev.gtid) && validID(ev.primary) && validID(ev.space)):
 		// Every value is an integer or a validated identifier (gtids
 		// and resource names are [0-9A-Za-z_-]), so literals are safe.
 		q := fmt.Sprintf("UPDATE %s SET balance = balance + %d WHERE id = %d; INSERT INTO %s (transfer, leg, account, delta, participants, protocol) VALUES ('%s', %d, %d, %d, '%s', '%s')",
 			AccountsTable, l.delta, l.id, LedgerTable, t.id, i, l.id, l.delta, t.participants, proto)
 		if ev != nil {
-			q += fmt.Sprintf("; "+evidenceSQL, "'"+ev.gtid+"'", "'"+l.res+"'", "'"+ev.primary+"'")
+			q += fmt.Sprintf("; "+evidenceSQL, "'"+ev.gtid+"'", "'"+l.res+"'", "'"+ev.primary+"'", "'"+ev.space+"'")
 		}
 		_, err := e.ExecContext(ctx, q)
 		return err
@@ -82,20 +82,21 @@ func (w *Workload) execLeg(ctx context.Context, e execer, t transfer, i int, ev 
 		return err
 	}
 	if ev != nil {
-		_, err := e.ExecContext(ctx, fmt.Sprintf(evidenceSQL, "?", "?", "?"), ev.gtid, l.res, ev.primary)
+		_, err := e.ExecContext(ctx, fmt.Sprintf(evidenceSQL, "?", "?", "?", "?"), ev.gtid, l.res, ev.primary, ev.space)
 		return err
 	}
 	return nil
 }
 
-// evidenceSQL inserts a branch's evidence row (gtid, branch, primary).
-const evidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner) VALUES (%s, %s, '" +
-	resource.EvidenceState + "', %s, '', '')"
+// evidenceSQL inserts a branch's evidence row (gtid, branch, primary,
+// namespace tag).
+const evidenceSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, branch, state, primary_name, participants, owner, space) VALUES (%s, %s, '" +
+	resource.EvidenceState + "', %s, '', '', %s)"
 
 // pgLegEvidenceSQL is pgLegSQL plus the evidence row ($7 gtid, $8 branch,
-// $9 primary).
+// $9 primary, $10 namespace tag).
 var pgLegEvidenceSQL = "WITH ledger AS (INSERT INTO " + LedgerTable + " (transfer, leg, account, delta, participants, protocol) " +
-	"VALUES ($3, $4, $2, $1, $5, $6)), evidence AS (" + fmt.Sprintf(evidenceSQL, "$7", "$8", "$9") + ") " +
+	"VALUES ($3, $4, $2, $1, $5, $6)), evidence AS (" + fmt.Sprintf(evidenceSQL, "$7", "$8", "$9", "$10") + ") " +
 	"UPDATE " + AccountsTable + " SET balance = balance + $1 WHERE id = $2"
 
 // validID reports whether s can be written as a SQL literal as is.
