@@ -24,13 +24,17 @@ import (
 
 // benchCell is one measured (protocol, concurrency) pair.
 type benchCell struct {
-	Protocol      string  `json:"protocol"`
-	Concurrency   int     `json:"concurrency"`
-	Seconds       float64 `json:"seconds"`
-	Committed     int64   `json:"committed"`
-	Aborted       int64   `json:"aborted"`
+	Protocol    string  `json:"protocol"`
+	Concurrency int     `json:"concurrency"`
+	Seconds     float64 `json:"seconds"`
+	Committed   int64   `json:"committed"`
+	Aborted     int64   `json:"aborted"`
+	// TimedOut counts the aborts caused by the transaction timeout (a
+	// distributed deadlock, or a server too slow): included in Aborted.
+	TimedOut      int64   `json:"aborted_by_timeout"`
 	InDoubt       int64   `json:"in_doubt"`
 	CommitPending int64   `json:"commit_pending"`
+	Heuristic     int64   `json:"heuristic"`
 	Failed        int64   `json:"failed"`
 	TxPerSec      float64 `json:"tx_per_sec"`
 	P50Ms         float64 `json:"p50_ms"`
@@ -58,8 +62,8 @@ type benchResult struct {
 }
 
 // benchVariant is a protocol of the bench with optimizations switched
-// on: "3pc+llr+attached" is the library's 3PC with logging last resource
-// and MySQL branches kept attached.
+// on: "3pc+llr+noro" is the library's 3PC with logging last resource and
+// without the MySQL read-only vote.
 type benchVariant struct {
 	name        string
 	base        bank.Protocol
@@ -161,7 +165,7 @@ for every protocol and concurrency, on the same databases in one run:
   3pc             the library in three-phase commit mode
 
 Optimizations are switched on per protocol with +NAME suffixes, e.g.
-3pc+llr+noro:
+3pc+llr+async+noro:
 
   llr       logging last resource: the primary commits one-phase with its
             decision row inside its own transaction
@@ -169,7 +173,9 @@ Optimizations are switched on per protocol with +NAME suffixes, e.g.
             as every branch is committed
   noro      no read-only vote on MySQL/MariaDB (two status queries less)
 
-and prints throughput, p50 and p99 latency, allocations per transfer
+Every transfer writes the bank's ledger (see bank check), and bench prints
+the aborted (by the transaction timeout) and in-doubt counts per cell.
+It prints throughput, p50 and p99 latency, allocations per transfer
 (runtime.MemStats mallocs over the cell / transfers), the live heap before
 the first and after the last cell, and the ratios to local and
 handwritten2pc.`,
@@ -223,7 +229,7 @@ handwritten2pc.`,
 				if rs == nil {
 					rs = set
 				}
-				w, err := bank.New(ctx, bank.Config{Resources: set, Protocol: p.base, Timeout: timeout, Options: p.opts})
+				w, err := bank.New(ctx, bank.Config{Resources: set, Protocol: p.base, Timeout: timeout, Options: p.opts, Namespace: g.namespace})
 				if err != nil {
 					if errors.Is(err, bank.ErrNotSetUp) {
 						return usageErrorf("%v", err)
@@ -231,8 +237,20 @@ handwritten2pc.`,
 					return failedErrorf("%v", err)
 				}
 				ws[p.name] = w
-				defer w.Close(context.WithoutCancel(ctx))
 			}
+			closed := false
+			closeWorkloads := func() error {
+				if closed {
+					return nil
+				}
+				closed = true
+				var errs []error
+				for _, w := range ws {
+					errs = append(errs, w.Close(context.WithoutCancel(ctx)))
+				}
+				return errors.Join(errs...)
+			}
+			defer closeWorkloads()
 			res := benchResult{Databases: strings.Split(names(rs), ", "), Duration: duration.String()}
 			runtime.GC()
 			var heap0 runtime.MemStats
@@ -264,8 +282,9 @@ handwritten2pc.`,
 					n := float64(max(st.Total(), 1))
 					res.Cells = append(res.Cells, benchCell{
 						Protocol: p.name, Concurrency: c, Seconds: st.Elapsed.Seconds(),
-						Committed: st.Counts[bank.Committed], Aborted: st.Counts[bank.Aborted],
-						InDoubt: st.Counts[bank.InDoubt], CommitPending: st.Counts[bank.CommitPending], Failed: st.Counts[bank.Failed],
+						Committed: st.Counts[bank.Committed], Aborted: st.Counts[bank.Aborted], TimedOut: st.Timeouts,
+						InDoubt: st.Counts[bank.InDoubt], CommitPending: st.Counts[bank.CommitPending],
+						Heuristic: st.Counts[bank.Heuristic], Failed: st.Counts[bank.Failed],
 						TxPerSec: st.Throughput(),
 						P50Ms:    ms(bank.Percentile(st.Latencies, 50)), P99Ms: ms(bank.Percentile(st.Latencies, 99)),
 						AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
@@ -279,6 +298,9 @@ handwritten2pc.`,
 			if bar != nil {
 				_ = bar.Finish()
 			}
+			if err := closeWorkloads(); err != nil {
+				return failedErrorf("%v", err)
+			}
 			runtime.GC()
 			var heap1 runtime.MemStats
 			runtime.ReadMemStats(&heap1)
@@ -287,9 +309,19 @@ handwritten2pc.`,
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(res)
+				if err := enc.Encode(res); err != nil {
+					return err
+				}
+			} else {
+				printBench(os.Stdout, res)
 			}
-			printBench(os.Stdout, res)
+			var heuristic int64
+			for _, c := range res.Cells {
+				heuristic += c.Heuristic
+			}
+			if heuristic > 0 {
+				return heuristicErrorf("%s with a heuristic outcome (a branch contradicts the commit decision): run `threepc inspect` and do what it says", plural(int(heuristic), "transfer"))
+			}
 			return nil
 		},
 	}
@@ -342,11 +374,11 @@ func addRatios(cells []benchCell) {
 func printBench(w io.Writer, res benchResult) {
 	fmt.Fprintf(w, "bench: %s per cell on %s\n", res.Duration, strings.Join(res.Databases, ", "))
 	tw := newTable(w)
-	fmt.Fprintln(tw, "PROTOCOL\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED\tIN DOUBT")
+	fmt.Fprintln(tw, "PROTOCOL\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED (TIMEOUT)\tIN DOUBT\tHEURISTIC")
 	for _, c := range res.Cells {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d\t%d\n", c.Protocol, c.Concurrency, c.TxPerSec,
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d (%d)\t%d\t%d\n", c.Protocol, c.Concurrency, c.TxPerSec,
 			c.P50Ms, c.P99Ms, c.AllocsPerTx, float64(c.HeapBytes)/(1<<20), fmtRatio(c.TputVsLocal), fmtRatio(c.P50VsLocal),
-			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.InDoubt+c.CommitPending)
+			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.TimedOut, c.InDoubt+c.CommitPending, c.Heuristic)
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "heap after GC: %.1f MiB before the first cell, %.1f MiB after the last\n",

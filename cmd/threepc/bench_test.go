@@ -6,14 +6,15 @@ import (
 )
 
 func TestParseBenchVariant(t *testing.T) {
-	v, err := parseBenchVariant("3pc+noro+llr")
+	v, err := parseBenchVariant("3pc+noro+llr+async")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.base != "3pc" || len(v.opts) != 1 || v.mysqlParams != "threepc_read_only_vote=false" {
+	if v.base != "3pc" || len(v.opts) != 2 || v.mysqlParams != "threepc_read_only_vote=false" {
 		t.Errorf("variant = %+v", v)
 	}
-	for _, bad := range []string{"3pc+", "local+llr", "handwritten2pc+noro", "3pc+attached", "3pc+turbo", "4pc"} {
+	// attached is gone: MySQL branches always commit on their session.
+	for _, bad := range []string{"3pc+", "local+llr", "handwritten2pc+noro", "3pc+turbo", "4pc", "3pc+attached", "2pc+llr+attached"} {
 		if _, err := parseBenchVariant(bad); err == nil {
 			t.Errorf("parseBenchVariant(%q): no error", bad)
 		}

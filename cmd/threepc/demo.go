@@ -34,6 +34,7 @@ type demoOpts struct {
 	accounts  int
 	killAfter int
 	killAt    string
+	namespace string
 }
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -64,6 +65,7 @@ Ctrl-C); --keep leaves them running until Ctrl-C and prints how to connect.`,
 			if !validFailpoint(o.killAt) {
 				return usageErrorf("--kill-at %q: want one of %v", o.killAt, txmanager.Failpoints)
 			}
+			o.namespace = g.namespace
 			return demo(cmd.Context(), os.Stdout, o)
 		},
 	}
@@ -154,7 +156,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	if o.pg != "" {
 		// Existing servers may hold what an interrupted earlier demo left.
 		if err := step(out, "Finishing what earlier runs left in doubt", func() error {
-			sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithInstanceID(instanceID("demo")))
+			sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithInstanceID(instanceID("demo")), recovery.WithNamespace(o.namespace))
 			if err != nil {
 				return err
 			}
@@ -166,18 +168,21 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	}
 	seeded := int64(o.accounts) * bank.InitialBalance * 2
 	if err := step(out, fmt.Sprintf("Seeding the bank: %d accounts of %d in each database (total %d)", o.accounts, bank.InitialBalance, seeded), func() error {
-		return bankSetup(ctx, io.Discard, rs, o.accounts, true)
+		return bankSetup(ctx, io.Discard, rs, o.accounts, true, o.namespace)
 	}); err != nil {
 		return err
 	}
 
 	// 1. Transfers with 3PC.
 	fmt.Fprintf(out, "\n==> Transferring money with three-phase commit for %v (%d workers)\n", o.duration, o.workers)
-	w, err := bank.New(ctx, bank.Config{Resources: rs, Protocol: bank.ThreePC, Phases: true, Timeout: 5 * time.Second})
+	w, err := bank.New(ctx, bank.Config{Resources: rs, Protocol: bank.ThreePC, Phases: true, Timeout: 5 * time.Second, Namespace: o.namespace})
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
 	st := runWorkload(ctx, w, bank.ThreePC, runFlags{workers: o.workers, duration: o.duration})
+	if err := w.Close(context.WithoutCancel(ctx)); err != nil {
+		return failedErrorf("%v", err)
+	}
 	if ctx.Err() != nil {
 		return failedErrorf("interrupted")
 	}
@@ -197,11 +202,11 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 
 	// 3. What it left behind.
 	fmt.Fprintln(out, "\n==> Inspecting the databases (threepc inspect): what the dead coordinator left")
-	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithInstanceID(instanceID("demo")), recovery.WithLogger(quietLogger()))
+	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithInstanceID(instanceID("demo")), recovery.WithLogger(quietLogger()), recovery.WithNamespace(o.namespace))
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
-	isc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quietLogger()))
+	isc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quietLogger()), recovery.WithNamespace(o.namespace))
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
@@ -209,10 +214,13 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
-	printReport(indent(out), rep, true)
-	prepared := 0
+	printReport(indent(out), rep, true, false)
+	prepared, leftTx := 0, 0
 	for _, t := range rep.Transactions {
 		prepared += len(t.Branches)
+		if !retained(t) {
+			leftTx++
+		}
 	}
 	before := bookTotal(ctx, rs)
 	fmt.Fprintf(out, "    %s left prepared, holding their row locks; total on the books now: %d of %d\n",
@@ -224,7 +232,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
-	printReport(indent(out), all, false)
+	printReport(indent(out), all, false, false)
 	if left := unresolved(last); len(left) > 0 {
 		return inDoubtErrorf("%s still in doubt after recovery", plural(len(left), "transaction"))
 	}
@@ -232,7 +240,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	// 5. The books.
 	fmt.Fprintln(out, "\n==> Checking the books (threepc bank check)")
 	var buf bytes.Buffer
-	cerr := bankCheck(ctx, &buf, rs)
+	cerr := bankCheck(ctx, &buf, rs, o.namespace)
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	for _, l := range lines[:len(lines)-1] {
 		fmt.Fprintln(out, "    "+l)
@@ -249,7 +257,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 		fmt.Fprintf(out, "; p50 per phase: %s", strings.Join(ps, ", "))
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintf(out, "  - a coordinator was killed at %q, leaving %s prepared in %s\n", o.killAt, plural(prepared, "branch"), plural(len(rep.Transactions), "transaction"))
+	fmt.Fprintf(out, "  - a coordinator was killed at %q, leaving %s prepared in %s\n", o.killAt, plural(prepared, "branch"), plural(leftTx, "transaction"))
 	fmt.Fprintf(out, "  - recovery finished them from the marker rows in the databases alone: %s\n", actionSummary(all))
 	if cerr != nil {
 		fmt.Fprintln(out, lines[len(lines)-1])
@@ -297,6 +305,7 @@ func actionSummary(rep *recovery.Report) string {
 		{recovery.ActionFence, "fenced and rolled back (no decision was recorded)"},
 		{recovery.ActionRollback, "rolled back (abort row)"},
 		{recovery.ActionCollect, "already finished (leftover marker rows deleted)"},
+		{recovery.ActionHeuristic, "HEURISTIC (a branch contradicts the decision; see above)"},
 	} {
 		if n := counts[a.a]; n > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n, a.what))
@@ -350,7 +359,7 @@ func runDemoChild(ctx context.Context, specs []string, o demoOpts) (string, erro
 		return "", failedErrorf("finding this program to re-run it: %v", err)
 	}
 	args := []string{"demo-child", "--kill-at", o.killAt, "--kill-after", fmt.Sprint(o.killAfter),
-		"--workers", fmt.Sprint(o.workers), "--duration", "60s", "--log-level", "error"}
+		"--workers", fmt.Sprint(o.workers), "--duration", "60s", "--log-level", "error", "--namespace", o.namespace}
 	for _, s := range specs {
 		args = append(args, "--db", s)
 	}
@@ -407,7 +416,7 @@ func newDemoChildCmd(g *globals) *cobra.Command {
 				}
 				return nil
 			}
-			w, err := bank.New(ctx, bank.Config{Resources: rs, Protocol: p, Timeout: f.timeout, Failpoint: hook})
+			w, err := bank.New(ctx, bank.Config{Resources: rs, Protocol: p, Timeout: f.timeout, Failpoint: hook, Namespace: g.namespace})
 			if err != nil {
 				return usageErrorf("%v", err)
 			}

@@ -12,7 +12,9 @@
 // conserved, a run that failed midway); 2 bad input or setup (malformed
 // --db, unknown scheme, unreachable server, missing migrations, prepared
 // transactions disabled), with nothing changed; 3 something is left in
-// doubt (recover, inspect, bank check). See docs/CLI.md.
+// doubt (recover, inspect, bank check); 4 a heuristic outcome: a branch
+// contradicts its transaction's decision and an operator must act. See
+// docs/CLI.md.
 package main
 
 import (
@@ -26,6 +28,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/threepc/threepc/resource"
 )
 
 // Exit codes.
@@ -34,6 +38,10 @@ const (
 	exitFailed  = 1 // the checked property does not hold
 	exitUsage   = 2 // bad input or setup; nothing was changed
 	exitInDoubt = 3 // something is left in doubt
+	// exitHeuristic: a branch contradicts the decision of its transaction
+	// (txmanager.ErrHeuristic, recovery.ActionHeuristic). Not 3: recovery
+	// alone will not finish it; an operator must act first.
+	exitHeuristic = 4
 )
 
 // exitError carries an exit code and a one-line message.
@@ -57,10 +65,15 @@ func inDoubtErrorf(format string, args ...any) error {
 	return &exitError{code: exitInDoubt, err: fmt.Errorf(format, args...)}
 }
 
+func heuristicErrorf(format string, args ...any) error {
+	return &exitError{code: exitHeuristic, err: fmt.Errorf(format, args...)}
+}
+
 // globals are the flags every command takes.
 type globals struct {
-	dbs      []string
-	logLevel string
+	dbs       []string
+	logLevel  string
+	namespace string
 }
 
 func main() {
@@ -110,13 +123,16 @@ Databases are given as --db NAME=URL, repeated:
   --db maria=mysql://user:pass@127.0.0.1:3306/app
 
 Exit codes: 0 ok, 1 check failed, 2 bad input or setup (nothing changed),
-3 something left in doubt.`,
+3 something left in doubt, 4 a heuristic outcome (an operator must act).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			lvl, err := parseLevel(g.logLevel)
 			if err != nil {
 				return err
+			}
+			if err := resource.ValidateNamespace(g.namespace); err != nil {
+				return usageErrorf("--namespace: %v", err)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
 			shutdown, err = setupTelemetry(cmd.Context())
@@ -134,6 +150,7 @@ Exit codes: 0 ok, 1 check failed, 2 bad input or setup (nothing changed),
 	}
 	root.PersistentFlags().StringArrayVar(&g.dbs, "db", nil, "a database as NAME=URL (postgres://... or mysql://user:pass@host:port/db); repeat for each")
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.namespace, "namespace", "", "the deployment's namespace: coordinators and recovery act only on their own namespace's branches (default: the default namespace)")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &exitError{code: exitUsage, err: err}
 	})

@@ -130,6 +130,9 @@ func printStats(w io.Writer, st *bank.Stats, protocol bank.Protocol, workers int
 	fmt.Fprintf(tw, "aborted\t%d\t(%d by the transaction timeout)\n", st.Counts[bank.Aborted], st.Timeouts)
 	fmt.Fprintf(tw, "in doubt\t%d\t(recovery finishes them)\n", st.Counts[bank.InDoubt])
 	fmt.Fprintf(tw, "commit pending\t%d\t(decided commit; recovery completes them)\n", st.Counts[bank.CommitPending])
+	if n := st.Counts[bank.Heuristic]; n > 0 {
+		fmt.Fprintf(tw, "HEURISTIC\t%d\t(a branch contradicts the commit decision: run threepc inspect)\n", n)
+	}
 	if n := st.Counts[bank.Failed]; n > 0 {
 		fmt.Fprintf(tw, "failed\t%d\t\n", n)
 	}

@@ -16,10 +16,16 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
+// scannerOpts are the options every scanner of the command takes.
+func (g *globals) scannerOpts(opts ...recovery.Option) []recovery.Option {
+	return append([]recovery.Option{recovery.WithNamespace(g.namespace)}, opts...)
+}
+
 func newRecoverCmd(g *globals) *cobra.Command {
 	var (
 		horizon time.Duration
 		wait    time.Duration
+		all     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "recover",
@@ -29,9 +35,14 @@ finishes each global transaction as the protocol says: commit when a
 precommit row exists anywhere, roll back when the primary holds an abort
 row, fence (abort row at the primary) and roll back when there is no row
 and the transaction is older than --horizon. Safe to run at any time,
-concurrently with live coordinators and other recover processes.
+concurrently with live coordinators and other recover processes. Only the
+branches and rows of --namespace are touched.
 
-Exit 0 when nothing is left in doubt, 3 otherwise.`,
+A heuristic outcome (a branch of a transaction decided to commit is gone
+without the evidence of its commit) is printed with what to do; its rows
+are kept.
+
+Exit 0 when nothing is left in doubt, 3 otherwise, 4 on a heuristic outcome.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -40,20 +51,21 @@ Exit 0 when nothing is left in doubt, 3 otherwise.`,
 				return err
 			}
 			defer closeResources(rs)
-			sc, err := recovery.New(rs, recovery.WithHorizon(horizon), recovery.WithInstanceID(instanceID("recover")))
+			sc, err := recovery.New(rs, g.scannerOpts(recovery.WithHorizon(horizon), recovery.WithInstanceID(instanceID("recover")))...)
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
-			all, last, err := recoverUntil(ctx, sc, wait)
+			seen, last, err := recoverUntil(ctx, sc, wait)
 			if err != nil {
 				return failedErrorf("%v", err)
 			}
-			printReport(os.Stdout, all, false)
+			printReport(os.Stdout, seen, false, all)
 			return recoverVerdict(os.Stdout, last, horizon)
 		},
 	}
 	cmd.Flags().DurationVar(&horizon, "horizon", recovery.DefaultHorizon, "leave transactions younger than this alone (their coordinator may still be running); 0 when you know no coordinator runs")
 	cmd.Flags().DurationVar(&wait, "wait", 0, "keep scanning (with backoff) until nothing is in doubt or this much time has passed")
+	cmd.Flags().BoolVar(&all, "all", false, "also list finished transactions whose rows are kept for the retention period")
 	return cmd
 }
 
@@ -114,7 +126,7 @@ func unresolved(rep *recovery.Report) []recovery.TxReport {
 }
 
 func isUnresolved(t recovery.TxReport) bool {
-	if t.Action == recovery.ActionInDoubt || t.Err != nil {
+	if t.Action == recovery.ActionInDoubt || t.Action == recovery.ActionHeuristic || t.Err != nil {
 		return true
 	}
 	for _, b := range t.Branches {
@@ -137,6 +149,8 @@ func recoverVerdict(w io.Writer, last *recovery.Report, horizon time.Duration) e
 		fmt.Fprintf(w, "database %q could not be scanned: %s\n", n, oneLine(err.Error()))
 	}
 	switch {
+	case len(last.Heuristic()) > 0:
+		return heuristicErrorf("%s with a heuristic outcome (a branch contradicts the decision); do what the table above says, then run recover again", plural(len(last.Heuristic()), "transaction"))
 	case len(left) == 0 && len(last.Unreachable) == 0:
 		fmt.Fprintln(w, "nothing in doubt")
 		return nil
@@ -146,10 +160,48 @@ func recoverVerdict(w io.Writer, last *recovery.Report, horizon time.Duration) e
 	return inDoubtErrorf("%s left in doubt (oldest %v); see the table above, fix what it names and run recover again", plural(len(left), "transaction"), last.OldestInDoubt().Round(time.Second))
 }
 
-// printReport prints one line per transaction.
-func printReport(w io.Writer, rep *recovery.Report, dry bool) {
-	if len(rep.Transactions) == 0 {
+// retained reports whether a transaction is finished and only waits for
+// its rows' retention period (a committed tombstone or an abort row, no
+// prepared branch): nothing to do, and after a busy hour thousands of
+// them, so the table hides them unless --all.
+func retained(t recovery.TxReport) bool {
+	if t.Action != recovery.ActionWait || len(t.Branches) > 0 || t.Err != nil {
+		return false
+	}
+	if strings.Contains(t.Reason, "retention") {
+		return true
+	}
+	for _, m := range t.Markers {
+		if m.State != resource.StateCommitted && m.State != resource.StateAbort {
+			return false
+		}
+	}
+	return len(t.Markers) > 0
+}
+
+// printReport prints one line per transaction (retained ones only with
+// all), then every heuristic outcome with what to do.
+func printReport(w io.Writer, rep *recovery.Report, dry, all bool) {
+	var shown []recovery.TxReport
+	hidden := 0
+	for _, t := range rep.Transactions {
+		if !all && retained(t) {
+			hidden++
+			continue
+		}
+		shown = append(shown, t)
+	}
+	defer func() {
+		if rep.Foreign > 0 {
+			fmt.Fprintf(w, "%s of other namespaces left alone (--namespace selects a namespace)\n", plural(rep.Foreign, "prepared branch"))
+		}
+	}()
+	switch {
+	case len(shown) == 0 && hidden == 0:
 		fmt.Fprintln(w, "no prepared branches and no marker rows found")
+		return
+	case len(shown) == 0:
+		fmt.Fprintf(w, "no prepared branches; %s finished, their rows kept for the retention period (--all lists them)\n", plural(hidden, "transaction"))
 		return
 	}
 	tw := newTable(w)
@@ -158,23 +210,46 @@ func printReport(w io.Writer, rep *recovery.Report, dry bool) {
 		act = "WOULD"
 	}
 	fmt.Fprintf(tw, "GTID\tAGE\tPRIMARY\tBRANCHES\tMARKERS\t%s\tREASON\n", act)
-	for _, t := range rep.Transactions {
+	for _, t := range shown {
+		a := string(t.Action)
+		if t.Action == recovery.ActionHeuristic {
+			a = "HEURISTIC"
+		}
 		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%s\n", t.GTID, t.Age.Round(100*time.Millisecond), t.Primary,
-			branchList(t, dry), markerList(t), t.Action, reason(t))
+			branchList(t, dry), markerList(t), a, reason(t))
 	}
 	_ = tw.Flush()
+	if hidden > 0 {
+		fmt.Fprintf(w, "(%s finished, their rows kept for the retention period, not listed: --all lists them)\n", plural(hidden, "more transaction"))
+	}
 	if !dry {
 		counts := map[recovery.Action]int{}
 		for _, t := range rep.Transactions {
 			counts[t.Action]++
 		}
 		var parts []string
-		for _, a := range []recovery.Action{recovery.ActionCommit, recovery.ActionRollback, recovery.ActionFence, recovery.ActionCollect, recovery.ActionWait, recovery.ActionInDoubt} {
+		for _, a := range []recovery.Action{recovery.ActionCommit, recovery.ActionRollback, recovery.ActionFence, recovery.ActionCollect, recovery.ActionWait, recovery.ActionInDoubt, recovery.ActionHeuristic} {
 			if counts[a] > 0 {
 				parts = append(parts, fmt.Sprintf("%s %d", a, counts[a]))
 			}
 		}
 		fmt.Fprintf(w, "%s: %s\n", plural(len(rep.Transactions), "transaction"), strings.Join(parts, ", "))
+	}
+	printHeuristics(w, rep.Heuristic())
+}
+
+// printHeuristics prints every heuristic outcome on its own, loudly: the
+// branches lost and what to do about them.
+func printHeuristics(w io.Writer, ts []recovery.TxReport) {
+	for _, t := range ts {
+		lost := strings.Join(t.Lost, ", ")
+		if lost == "" {
+			lost = "unknown"
+		}
+		fmt.Fprintf(w, "\n!!! HEURISTIC OUTCOME: transaction %s (primary %s, age %v): branch %s contradicts the decision\n",
+			t.GTID, t.Primary, t.Age.Round(time.Second), lost)
+		fmt.Fprintf(w, "    markers: %s\n", markerList(t))
+		fmt.Fprintf(w, "    what to do: %s\n", oneLine(t.Reason))
 	}
 }
 
@@ -227,10 +302,13 @@ func reason(t recovery.TxReport) string {
 }
 
 func newInspectCmd(g *globals) *cobra.Command {
-	var horizon time.Duration
+	var (
+		horizon time.Duration
+		all     bool
+	)
 	cmd := &cobra.Command{
 		Use:   "inspect",
-		Short: "Show in-doubt transactions and what recover would do, changing nothing (exit 3 if any)",
+		Short: "Show in-doubt transactions and what recover would do, changing nothing (exit 3 if any, 4 on a heuristic outcome)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -239,7 +317,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer closeResources(rs)
-			sc, err := recovery.New(rs, recovery.WithHorizon(horizon), recovery.WithLogger(quietLogger()))
+			sc, err := recovery.New(rs, g.scannerOpts(recovery.WithHorizon(horizon), recovery.WithLogger(quietLogger()))...)
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
@@ -247,9 +325,12 @@ func newInspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return failedErrorf("%v", err)
 			}
-			printReport(os.Stdout, rep, true)
+			printReport(os.Stdout, rep, true, all)
 			fmt.Println()
-			printPrepared(ctx, os.Stdout, rs)
+			printPrepared(ctx, os.Stdout, rs, g.namespace)
+			if h := rep.Heuristic(); len(h) > 0 {
+				return heuristicErrorf("%s with a heuristic outcome: do what the table above says, then run threepc recover", plural(len(h), "transaction"))
+			}
 			if left := unresolved(rep); len(left) > 0 || len(rep.Unreachable) > 0 {
 				return inDoubtErrorf("%s in doubt (oldest %v): run threepc recover", plural(len(left), "transaction"), oldest(left).Round(time.Second))
 			}
@@ -258,6 +339,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().DurationVar(&horizon, "horizon", recovery.DefaultHorizon, "the in-flight horizon recover would use")
+	cmd.Flags().BoolVar(&all, "all", false, "also list finished transactions whose rows are kept for the retention period")
 	return cmd
 }
 
@@ -272,12 +354,12 @@ func oldest(ts []recovery.TxReport) time.Duration {
 // printPrepared prints, per database, how many prepared transactions the
 // server holds and how old they are: forgotten ones hold locks and, in
 // PostgreSQL, hold back VACUUM.
-func printPrepared(ctx context.Context, w io.Writer, rs []resource.Resource) {
+func printPrepared(ctx context.Context, w io.Writer, rs []resource.Resource, namespace string) {
 	fmt.Fprintln(w, "prepared transactions on the servers:")
 	tw := newTable(w)
 	fmt.Fprintln(tw, "  DATABASE\tSYSTEM\tTHREEPC\tOLDEST\tOTHER\tOLDEST OTHER")
 	for _, r := range rs {
-		ours, oldestOurs, others, oldestOther, err := preparedStats(ctx, r)
+		ours, oldestOurs, others, oldestOther, err := preparedStats(ctx, r, resource.SpaceTag(namespace))
 		if err != nil {
 			fmt.Fprintf(tw, "  %s\t%s\terror: %s\n", r.Name(), r.System(), oneLine(err.Error()))
 			continue
@@ -297,10 +379,11 @@ func ageStr(d time.Duration, n int) string {
 	return d.Round(time.Second).String()
 }
 
-// preparedStats counts prepared transactions: threepc's (by id prefix)
-// and others'. PostgreSQL's are those of the resource's database; MySQL's
-// XA RECOVER is server-wide and has no timestamps (others' age is -1).
-func preparedStats(ctx context.Context, r resource.Resource) (ours int, oldestOurs time.Duration, others int, oldestOther time.Duration, err error) {
+// preparedStats counts prepared transactions: this namespace's threepc
+// branches (by id) and everything else. PostgreSQL's are those of the
+// resource's database; MySQL's XA RECOVER is server-wide (threepc's ids
+// carry the database) and has no timestamps (others' age is -1).
+func preparedStats(ctx context.Context, r resource.Resource, space string) (ours int, oldestOurs time.Duration, others int, oldestOther time.Duration, err error) {
 	now := time.Now()
 	if r.System() == "postgresql" {
 		rows, err := r.DB().QueryContext(ctx, "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()")
@@ -314,7 +397,7 @@ func preparedStats(ctx context.Context, r resource.Resource) (ours int, oldestOu
 			if err := rows.Scan(&gid, &at); err != nil {
 				return 0, 0, 0, 0, err
 			}
-			if _, ok := resource.ParsePostgresGID(gid); ok {
+			if x, ok := resource.ParsePostgresGID(gid); ok && x.Space == space {
 				ours++
 				oldestOurs = max(oldestOurs, now.Sub(at))
 			} else {
@@ -323,6 +406,10 @@ func preparedStats(ctx context.Context, r resource.Resource) (ours int, oldestOu
 			}
 		}
 		return ours, oldestOurs, others, oldestOther, rows.Err()
+	}
+	var schema string
+	if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(DATABASE(), '')").Scan(&schema); err != nil {
+		return 0, 0, 0, 0, err
 	}
 	rows, err := r.DB().QueryContext(ctx, "XA RECOVER")
 	if err != nil {
@@ -338,7 +425,7 @@ func preparedStats(ctx context.Context, r resource.Resource) (ours int, oldestOu
 		if gl+bl > len(data) {
 			continue
 		}
-		if x, ok := resource.ParseMySQL(fid, string(data[:gl]), string(data[gl:gl+bl])); ok {
+		if x, tag, ok := resource.ParseMySQL(fid, string(data[:gl]), string(data[gl:gl+bl])); ok && tag == resource.DatabaseTag(schema) && x.Space == space {
 			ours++
 			oldestOurs = max(oldestOurs, now.Sub(x.Time()))
 		} else {

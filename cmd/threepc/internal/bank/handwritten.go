@@ -9,8 +9,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/oklog/ulid/v2"
-
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
 )
@@ -31,9 +29,14 @@ type hwBranch struct {
 //
 // It borrows only the branch-id encoding and the marker table's layout
 // from threepc, so that a run killed midway is finished by `threepc
-// recover` like any other.
-func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
-	gtid := ulid.Make().String()
+// recover` like any other: that includes the evidence row each branch
+// inserts before it prepares (recovery claims a commit only on it; sent
+// with the leg's own statement, no extra round trip), the MySQL session
+// id in the xid (so recovery waits for a dead session's hand-over), and
+// the decision row kept as a tombstone.
+func (w *Workload) handwritten(ctx context.Context, t transfer) error {
+	legs := t.legs
+	gtid := t.id
 	primary := legs[0].res
 	wctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
@@ -47,20 +50,23 @@ func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
 	}()
 	// Work.
 	for i, l := range legs {
-		xid := resource.XID{GTID: gtid, Primary: primary, Branch: l.res}
+		xid := resource.XID{GTID: gtid, Primary: primary, Branch: l.res, Space: w.space}
 		b := &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
 		bs[i] = b
-		if b.pg {
-			b.id = "'" + xid.PostgresGID() + "'"
-		} else {
-			gtrid, bqual, fid := xid.MySQL()
-			b.id = fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, fid)
-		}
 		conn, err := w.byName[l.res].DB().Conn(wctx)
 		if err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
 		}
 		b.conn = conn
+		if b.pg {
+			b.id = "'" + xid.PostgresGID() + "'"
+		} else {
+			if xid.Session, err = w.sessionID(wctx, conn); err != nil {
+				return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
+			}
+			gtrid, bqual, fid := xid.MySQL(w.dbTag[l.res])
+			b.id = fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, fid)
+		}
 		begin := "BEGIN"
 		if !b.pg {
 			begin = "XA START " + b.id
@@ -68,7 +74,7 @@ func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
 		if _, err := conn.ExecContext(wctx, begin); err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
 		}
-		if _, err := conn.ExecContext(wctx, w.update[l.res], l.delta, l.id); err != nil {
+		if err := w.execLeg(wctx, conn, t, i, &evidenceRow{gtid: gtid, primary: primary, space: w.space}); err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseWork, err)
 		}
 	}
@@ -103,9 +109,9 @@ func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
 		participants = append(participants, l.res)
 	}
 	slices.Sort(participants)
-	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner) VALUES (" +
-		placeholder(pd, 1) + ", 'precommit', " + placeholder(pd, 2) + ", " + placeholder(pd, 3) + ", 'handwritten2pc')"
-	if _, err := w.byName[primary].DB().ExecContext(wctx, ins, gtid, primary, resource.JoinParticipants(participants)); err != nil {
+	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) VALUES (" +
+		placeholder(pd, 1) + ", 'precommit', " + placeholder(pd, 2) + ", " + placeholder(pd, 3) + ", 'handwritten2pc', " + placeholder(pd, 4) + ")"
+	if _, err := w.byName[primary].DB().ExecContext(wctx, ins, gtid, primary, resource.JoinParticipants(participants), w.space); err != nil {
 		// A hand-written baseline does not re-read an unknown outcome;
 		// the prepared branches are left to recovery in that case.
 		if isConnErr(err) {
@@ -123,7 +129,7 @@ func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
 		}
 		_, err := b.conn.ExecContext(cctx, q)
 		if err != nil {
-			discard(b.conn)
+			w.discard(b.conn)
 		}
 		return err
 	})
@@ -136,8 +142,18 @@ func (w *Workload) handwritten(ctx context.Context, legs ...leg) error {
 	if len(pending) > 0 {
 		return &txmanager.CommitPendingError{GTID: gtid, Pending: pending, Err: errors.Join(errs...)}
 	}
-	del := "DELETE FROM " + resource.MarkerTable + " WHERE gtid = " + placeholder(pd, 1)
-	_, _ = w.byName[primary].DB().ExecContext(cctx, del, gtid) // recovery collects a row left behind
+	// The decision row becomes a tombstone (recovery collects it after
+	// the retention period), then the others' evidence rows go. Recovery
+	// finishes whatever a failure here leaves.
+	tomb := "UPDATE " + resource.MarkerTable + " SET state = '" + string(resource.StateCommitted) + "' WHERE gtid = " +
+		placeholder(pd, 1) + " AND branch = '' AND state = '" + string(resource.StatePreCommit) + "'"
+	if _, err := w.byName[primary].DB().ExecContext(cctx, tomb, gtid); err != nil {
+		return nil
+	}
+	for _, l := range legs[1:] {
+		del := "DELETE FROM " + resource.MarkerTable + " WHERE gtid = " + placeholder(w.dialect[l.res], 1)
+		_, _ = w.byName[l.res].DB().ExecContext(cctx, del, gtid)
+	}
 	return nil
 }
 
@@ -164,7 +180,7 @@ func (w *Workload) hwAbort(ctx context.Context, gtid string, bs []*hwBranch, cul
 		if err != nil {
 			// Never hand a connection in a transaction or XA state back to
 			// the pool; a prepared branch left behind is recovery's.
-			discard(b.conn)
+			w.discard(b.conn)
 		}
 		return err
 	})
@@ -173,8 +189,28 @@ func (w *Workload) hwAbort(ctx context.Context, gtid string, bs []*hwBranch, cul
 
 // discard closes the pinned connection for good instead of returning it
 // to the pool.
-func discard(c *sql.Conn) {
-	_ = c.Raw(func(any) error { return driver.ErrBadConn })
+func (w *Workload) discard(c *sql.Conn) {
+	_ = c.Raw(func(dc any) error {
+		w.sessions.Delete(dc)
+		return driver.ErrBadConn
+	})
+}
+
+// sessionID returns the MySQL session id of a pinned connection, asked
+// once per connection: the xid carries it so that recovery can end a
+// stalled session and wait for the server to take its branch over.
+func (w *Workload) sessionID(ctx context.Context, c *sql.Conn) (uint64, error) {
+	var key any
+	_ = c.Raw(func(dc any) error { key = dc; return nil })
+	if v, ok := w.sessions.Load(key); ok {
+		return v.(uint64), nil
+	}
+	var id uint64
+	if err := c.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&id); err != nil {
+		return 0, err
+	}
+	w.sessions.Store(key, id)
+	return id, nil
 }
 
 func isConnErr(err error) bool {

@@ -22,6 +22,13 @@ import (
 const (
 	AccountsTable = "threepc_bank_accounts"
 	MetaTable     = "threepc_bank_meta"
+	// LedgerTable holds one row per transfer leg, inserted by the leg
+	// itself inside its branch: a transfer is atomic iff its row is in
+	// every database it touched or in none.
+	LedgerTable = "threepc_bank_ledger"
+	// OutcomeTable holds what the client was told about each transfer
+	// (see outcomeRecorder).
+	OutcomeTable = "threepc_bank_outcomes"
 )
 
 // InitialBalance is the balance every account is seeded with.
@@ -63,6 +70,15 @@ func Read(ctx context.Context, r resource.Resource) (State, error) {
 	}
 	if !exists {
 		return st, fmt.Errorf("%w in %q: run `threepc bank setup`", ErrNotSetUp, r.Name())
+	}
+	for _, t := range []string{LedgerTable, OutcomeTable} {
+		exists, err := tableExists(ctx, r, t)
+		if err != nil {
+			return st, err
+		}
+		if !exists {
+			return st, fmt.Errorf("%w in %q: %s is missing (a bank set up by an older threepc): run `threepc bank setup --reset`", ErrNotSetUp, r.Name(), t)
+		}
 	}
 	rows, err := db.QueryContext(ctx, "SELECT name, value FROM "+MetaTable)
 	if err != nil {
@@ -136,6 +152,11 @@ func Setup(ctx context.Context, r resource.Resource, accounts int) error {
 	ddl := []string{
 		"CREATE TABLE IF NOT EXISTS " + AccountsTable + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)",
 		"CREATE TABLE IF NOT EXISTS " + MetaTable + " (name VARCHAR(64) PRIMARY KEY, value BIGINT NOT NULL)",
+		"CREATE TABLE IF NOT EXISTS " + LedgerTable + " (transfer VARCHAR(64) NOT NULL, leg SMALLINT NOT NULL, " +
+			"account BIGINT NOT NULL, delta BIGINT NOT NULL, participants VARCHAR(255) NOT NULL, protocol VARCHAR(32) NOT NULL, " +
+			"PRIMARY KEY (transfer, leg))",
+		"CREATE TABLE IF NOT EXISTS " + OutcomeTable + " (transfer VARCHAR(64) PRIMARY KEY, outcome VARCHAR(16) NOT NULL, " +
+			"participants VARCHAR(255) NOT NULL, protocol VARCHAR(32) NOT NULL, detail VARCHAR(255) NOT NULL)",
 	}
 	for _, q := range ddl {
 		if _, err := db.ExecContext(ctx, q); err != nil {
@@ -149,7 +170,7 @@ func Setup(ctx context.Context, r resource.Resource, accounts int) error {
 		return fmt.Errorf("threepc/bank: %s: %w", r.Name(), err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	for _, q := range []string{"DELETE FROM " + MetaTable, "DELETE FROM " + AccountsTable} {
+	for _, q := range []string{"DELETE FROM " + MetaTable, "DELETE FROM " + AccountsTable, "DELETE FROM " + LedgerTable, "DELETE FROM " + OutcomeTable} {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("threepc/bank: %s: %w", r.Name(), err)
 		}
@@ -187,8 +208,24 @@ func placeholder(dialect string, n int) string {
 	return "?"
 }
 
-// updateSQL is the one statement of a transfer leg: add $1 to account $2.
+// updateSQL adds $1 to account $2.
 func updateSQL(dialect string) string {
 	return "UPDATE " + AccountsTable + " SET balance = balance + " + placeholder(dialect, 1) +
 		" WHERE id = " + placeholder(dialect, 2)
 }
+
+// ledgerSQL inserts a leg's ledger row: (transfer, leg, account, delta,
+// participants, protocol) = ($1..$6).
+func ledgerSQL(dialect string) string {
+	var ps []string
+	for i := 1; i <= 6; i++ {
+		ps = append(ps, placeholder(dialect, i))
+	}
+	return "INSERT INTO " + LedgerTable + " (transfer, leg, account, delta, participants, protocol) VALUES (" + strings.Join(ps, ", ") + ")"
+}
+
+// pgLegSQL is a whole leg in one PostgreSQL statement, so that the ledger
+// row costs no round trip: add $1 to account $2 and insert the ledger row
+// ($3 transfer, $4 leg, $5 participants, $6 protocol).
+const pgLegSQL = "WITH ledger AS (INSERT INTO " + LedgerTable + " (transfer, leg, account, delta, participants, protocol) " +
+	"VALUES ($3, $4, $2, $1, $5, $6)) UPDATE " + AccountsTable + " SET balance = balance + $1 WHERE id = $2"

@@ -2,11 +2,15 @@ package bank
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
+
+	"github.com/oklog/ulid/v2"
 
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
@@ -67,6 +71,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Options are extra coordinator options.
 	Options []txmanager.Option
+	// Namespace is the deployment's namespace (txmanager.WithNamespace),
+	// also used by the hand-written baseline's branch ids.
+	Namespace string
 }
 
 // Workload runs transfers. It is safe for concurrent use.
@@ -75,6 +82,11 @@ type Workload struct {
 	accounts map[string]int64
 	dialect  map[string]string
 	update   map[string]string
+	multi    map[string]bool   // MySQL: the pool runs multi-statement queries
+	dbTag    map[string]string // MySQL: resource.DatabaseTag of the schema
+	sessions sync.Map          // MySQL driver connection -> CONNECTION_ID() (handwritten2pc)
+	space    string
+	outcomes *outcomeRecorder
 	mgr      *txmanager.Manager
 	phases   *phaseRecorder
 	names    []string
@@ -99,7 +111,12 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 	w := &Workload{
 		cfg: cfg, accounts: map[string]int64{}, dialect: map[string]string{},
 		update: map[string]string{}, byName: map[string]resource.Resource{},
+		multi: map[string]bool{}, dbTag: map[string]string{},
 	}
+	if err := resource.ValidateNamespace(cfg.Namespace); err != nil {
+		return nil, err
+	}
+	w.space = resource.SpaceTag(cfg.Namespace)
 	for _, r := range cfg.Resources {
 		st, err := Read(ctx, r)
 		if err != nil {
@@ -110,6 +127,17 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 		w.update[r.Name()] = updateSQL(Dialect(r))
 		w.names = append(w.names, r.Name())
 		w.byName[r.Name()] = r
+		if Dialect(r) == "mysql" {
+			// Two statements in one query need the driver's
+			// multiStatements; without it the leg takes two round trips.
+			_, err := r.DB().ExecContext(ctx, "DO 1; DO 1")
+			w.multi[r.Name()] = err == nil
+			var schema sql.NullString
+			if err := r.DB().QueryRowContext(ctx, "SELECT DATABASE()").Scan(&schema); err != nil || !schema.Valid {
+				return nil, fmt.Errorf("threepc/bank: %s: reading the database name: %v", r.Name(), err)
+			}
+			w.dbTag[r.Name()] = resource.DatabaseTag(schema.String)
+		}
 	}
 	switch cfg.Protocol {
 	case TwoPC, ThreePC:
@@ -117,6 +145,7 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 			txmanager.WithProtocol(txmanager.Protocol(cfg.Protocol)),
 			txmanager.WithTimeout(cfg.Timeout),
 			txmanager.WithLogger(cfg.Logger),
+			txmanager.WithNamespace(cfg.Namespace),
 		}
 		if cfg.Phases {
 			w.phases = newPhaseRecorder()
@@ -134,6 +163,7 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 	default:
 		return nil, fmt.Errorf("threepc/bank: unknown protocol %q", cfg.Protocol)
 	}
+	w.outcomes = newOutcomeRecorder(cfg.Resources[0], cfg.Logger)
 	return w, nil
 }
 
@@ -141,12 +171,17 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 // others).
 func (w *Workload) Manager() *txmanager.Manager { return w.mgr }
 
-// Close flushes the coordinator's asynchronous marker clean-up, if any.
+// Close writes the outcomes not yet recorded and flushes the
+// coordinator's asynchronous marker clean-up, if any.
 func (w *Workload) Close(ctx context.Context) error {
-	if w.mgr == nil {
-		return nil
+	var err error
+	if n := w.outcomes.close(); n > 0 {
+		err = fmt.Errorf("threepc/bank: %d transfer outcomes could not be recorded in %s", n, OutcomeTable)
 	}
-	return w.mgr.Close(ctx)
+	if w.mgr != nil {
+		err = errors.Join(err, w.mgr.Close(ctx))
+	}
+	return err
 }
 
 func (w *Workload) failpoint(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
@@ -168,12 +203,11 @@ const (
 	Aborted               // rolled back: money did not move
 	InDoubt               // decision unknown: recovery finishes it
 	CommitPending         // decided to commit; recovery completes it
+	Heuristic             // decided to commit, but a branch contradicts it: an operator must act
 	Failed                // any other error
 )
 
-func (o Outcome) String() string {
-	return [...]string{"committed", "aborted", "in doubt", "commit pending", "failed"}[o]
-}
+func (o Outcome) String() string { return string(o.Told()) }
 
 // Result is one transfer's result.
 type Result struct {
@@ -190,6 +224,8 @@ func Classify(err error) Outcome {
 	switch {
 	case err == nil:
 		return Committed
+	case errors.Is(err, txmanager.ErrHeuristic):
+		return Heuristic
 	case errors.Is(err, txmanager.ErrInDoubt):
 		return InDoubt
 	case errors.Is(err, txmanager.ErrCommitPending):
@@ -229,20 +265,24 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 		res  Result
 		err  error
 		gtid string
+		t    transfer
 	)
 	switch w.cfg.Protocol {
 	case Local:
-		err = w.local(ctx, from, to)
+		t = newTransfer(ulid.Make().String(), from, to)
+		err = w.local(ctx, t)
 	case Handwritten:
-		err = w.handwritten(ctx, from, to)
+		t = newTransfer(ulid.Make().String(), from, to)
+		err = w.handwritten(ctx, t)
 	default:
 		err = w.mgr.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
 			gtid = tx.GTID()
+			t = newTransfer(gtid, from, to)
 			if w.phases != nil {
 				w.phases.begin(gtid, start)
 			}
-			for _, l := range []leg{from, to} {
-				if _, err := tx.DB(l.res).ExecContext(ctx, w.update[l.res], l.delta, l.id); err != nil {
+			for i, l := range t.legs {
+				if err := w.execLeg(ctx, tx.DB(l.res), t, i, nil); err != nil {
 					return err
 				}
 			}
@@ -252,6 +292,13 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 	res.Latency = time.Since(start)
 	res.Err = err
 	res.Outcome = Classify(err)
+	if t.id != "" {
+		o := outcomeRow{transfer: t.id, outcome: string(res.Outcome.Told()), participants: t.participants, protocol: string(w.cfg.Protocol)}
+		if err != nil {
+			o.detail = shorten(err.Error())
+		}
+		w.outcomes.add(o)
+	}
 	res.Timeout = errors.Is(err, txmanager.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 	if w.phases != nil && gtid != "" {
 		res.Phases, res.HasPhase = w.phases.end(gtid, res.Outcome == Committed)
@@ -260,16 +307,16 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 }
 
 // local runs the legs as two independent local transactions.
-func (w *Workload) local(ctx context.Context, legs ...leg) error {
+func (w *Workload) local(ctx context.Context, t transfer) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
-	for _, l := range legs {
+	for i, l := range t.legs {
 		db := w.byName[l.res].DB()
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return localErr(l.res, err)
 		}
-		if _, err := tx.ExecContext(ctx, w.update[l.res], l.delta, l.id); err != nil {
+		if err := w.execLeg(ctx, tx, t, i, nil); err != nil {
 			_ = tx.Rollback()
 			return localErr(l.res, err)
 		}
