@@ -161,9 +161,24 @@ func TestTracingCommit3PC(t *testing.T) {
 	wantOps(t, tree, tree.One(t, "threepc.decide"), tracing.OpInsertMarker, "db0")
 	wantOps(t, tree, tree.One(t, "threepc.precommit"), tracing.OpInsertMarker, "db1")
 	wantOps(t, tree, tree.One(t, "threepc.commit"), tracing.OpCommit, "db0", "db1")
-	// One delete per resource that got a row (in parallel; the test's
-	// manager fans out in order).
-	wantOps(t, tree, tree.One(t, "threepc.cleanup"), tracing.OpDeleteMarkers, "db0", "db1")
+	// The primary's decision row becomes a tombstone first, then the
+	// other participant's rows go.
+	cleanup := tree.Children(tree.One(t, "threepc.cleanup"))
+	wantOpSeq(t, tree, cleanup, tracing.OpTombstone, "db0", tracing.OpDeleteMarkers, "db1")
+}
+
+// wantOpSeq checks spans against (operation, resource) pairs, in order.
+func wantOpSeq(t *testing.T, tree *tt.Tree, spans []sdktrace.ReadOnlySpan, pairs ...any) {
+	t.Helper()
+	if len(spans) != len(pairs)/2 {
+		t.Fatalf("%d spans, want %d: %v\n%s", len(spans), len(pairs)/2, pairs, tree)
+	}
+	for i, k := range spans {
+		op, res := pairs[2*i].(tracing.Operation), pairs[2*i+1].(string)
+		if k.Name() != "threepc.branch."+op.String() || tt.AttrString(k, "threepc.resource") != res {
+			t.Fatalf("span %d: %s on %s, want %s on %s\n%s", i, k.Name(), tt.AttrString(k, "threepc.resource"), op, res, tree)
+		}
+	}
 }
 
 func TestTracingCommit2PCReadOnly(t *testing.T) {
@@ -202,7 +217,8 @@ func TestTracingCommit2PCReadOnly(t *testing.T) {
 	wantOps(t, tree, tree.One(t, "threepc.decide"), tracing.OpInsertMarker, "db0")
 	// The read-only branch left after its vote.
 	wantOps(t, tree, tree.One(t, "threepc.commit"), tracing.OpCommit, "db0", "db1")
-	wantOps(t, tree, tree.One(t, "threepc.cleanup"), tracing.OpDeleteMarkers, "db0")
+	// 2PC has no precommit rows elsewhere, but db1's evidence row goes.
+	wantOpSeq(t, tree, tree.Children(tree.One(t, "threepc.cleanup")), tracing.OpTombstone, "db0", tracing.OpDeleteMarkers, "db1")
 }
 
 func TestTracingAbortAtPrepare(t *testing.T) {
@@ -333,7 +349,7 @@ func TestTracingRecovered(t *testing.T) {
 	resolve := tree.One(t, tracing.ResolveSpanName)
 	wantAttr(t, tree, resolve, "threepc.gtid", gtid)
 	wantAttr(t, tree, resolve, "threepc.recovery.action", "commit")
-	wantAttr(t, tree, resolve, "threepc.recovery.reason", "precommit row found")
+	wantAttr(t, tree, resolve, "threepc.recovery.reason", "precommit row found; every branch proven committed")
 	wantAttr(t, tree, resolve, "threepc.recovery.branches_done", "2")
 	if age, _ := tt.Attr(resolve, "threepc.recovery.age"); age.AsFloat64() < 3600 {
 		t.Fatalf("resolve age %v, want >= 3600 s\n%s", age.AsFloat64(), tree)
@@ -344,7 +360,7 @@ func TestTracingRecovered(t *testing.T) {
 		names = append(names, k.Name()+"@"+tt.AttrString(k, "threepc.resource"))
 	}
 	slices.Sort(names) // the commits run in parallel
-	want := []string{"threepc.branch.commit_prepared@db0", "threepc.branch.commit_prepared@db1", "threepc.branch.delete_markers@db0"}
+	want := []string{"threepc.branch.commit_prepared@db0", "threepc.branch.commit_prepared@db1", "threepc.branch.delete_markers@db1", "threepc.branch.tombstone@db0"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("resolve children %v, want %v\n%s", names, want, tree)
 	}
@@ -484,7 +500,7 @@ func TestTracingOTLPExport(t *testing.T) {
 	names = slices.Compact(names)
 	want := []string{
 		"threepc.branch.begin", "threepc.branch.commit", "threepc.branch.delete_markers",
-		"threepc.branch.insert_marker", "threepc.branch.prepare", "threepc.cleanup", "threepc.commit",
+		"threepc.branch.insert_marker", "threepc.branch.prepare", "threepc.branch.tombstone", "threepc.cleanup", "threepc.commit",
 		"threepc.decide", "threepc.precommit", "threepc.prepare", "threepc.transaction",
 	}
 	if !slices.Equal(names, want) {
