@@ -320,21 +320,23 @@ func (s *Scanner) settle(ctx context.Context, t *TxReport, unreachable map[strin
 		t.Reason += "; primary not reachable: the rows are settled later"
 		return
 	}
-	if _, ok := t.Markers[t.Primary]; ok {
-		var err error
-		if seeded.DeleteDecisionRow.Load() {
-			octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
-			err = r.DeleteMarkers(octx, t.GTID)
-			op.End(err)
-		} else {
-			octx, op := s.tel.Op(ctx, tracing.OpTombstone, r)
-			err = r.Tombstone(octx, t.GTID)
-			op.End(err)
-		}
-		if err != nil {
-			t.Err = fmt.Errorf("settling the decision row at %q: %w", t.Primary, err)
-			return
-		}
+	// Always, even when this scan did not list the primary's row: the
+	// listings run in parallel, so the primary may have been listed
+	// before its decision and the others after their precommit rows. A
+	// missing or already settled row is left alone.
+	var err error
+	if seeded.DeleteDecisionRow.Load() {
+		octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+		err = r.DeleteMarkers(octx, t.GTID)
+		op.End(err)
+	} else {
+		octx, op := s.tel.Op(ctx, tracing.OpTombstone, r)
+		err = r.Tombstone(octx, t.GTID)
+		op.End(err)
+	}
+	if err != nil {
+		t.Err = fmt.Errorf("settling the decision row at %q: %w", t.Primary, err)
+		return
 	}
 	s.deleteRows(ctx, t, unreachable)
 	if t.Err == nil {
