@@ -29,7 +29,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
 
-var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+var quietLog = slog.New(slog.NewTextHandler(logSink(), nil))
 
 // pair opens a fresh PostgreSQL database "pg" and a fresh MariaDB
 // database "maria", migrated, with a bank table of n accounts each.
@@ -477,4 +477,11 @@ func TestOnePhaseAndReadOnly(t *testing.T) {
 		t.Fatal("wrong balances")
 	}
 	assertClean(t, pg, maria)
+}
+
+func logSink() io.Writer {
+	if os.Getenv("THREEPC_TEST_LOG") != "" {
+		return os.Stderr
+	}
+	return io.Discard
 }

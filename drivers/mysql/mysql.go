@@ -628,7 +628,7 @@ func gtidBatches(gtids []string, f func(list string) error) error {
 // tombstones, one statement per batch.
 func (r *Resource) Tombstone(ctx context.Context, gtids ...string) error {
 	return gtidBatches(gtids, func(list string) error {
-		_, err := r.db.ExecContext(ctx, "UPDATE "+resource.MarkerTable+" SET state = '"+string(resource.StateCommitted)+
+		err := r.execReadCommitted(ctx, "UPDATE "+resource.MarkerTable+" SET state = '"+string(resource.StateCommitted)+
 			"' WHERE branch = '' AND state = '"+string(resource.StatePreCommit)+"' AND gtid IN ("+list+")")
 		if err != nil {
 			return r.markerErr("writing tombstones", err)
@@ -637,15 +637,61 @@ func (r *Resource) Tombstone(ctx context.Context, gtids ...string) error {
 	})
 }
 
-// DeleteMarkers deletes every row of gtids (markers, tombstones and
-// evidence rows), one statement per batch; missing rows are not an error.
+// DeleteMarkers deletes the rows of gtids (markers, tombstones and this
+// resource's evidence rows), one statement per batch; missing rows are
+// not an error.
 func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
 	return gtidBatches(gtids, func(list string) error {
-		if _, err := r.db.ExecContext(ctx, "DELETE FROM "+resource.MarkerTable+" WHERE gtid IN ("+list+")"); err != nil {
+		// The full primary key of each row (marker row, this resource's
+		// evidence row), not a gtid prefix, and READ COMMITTED: see
+		// execReadCommitted.
+		if err := r.execReadCommitted(ctx, "DELETE FROM "+resource.MarkerTable+" WHERE gtid IN ("+list+") AND branch IN ('', '"+r.name+"')"); err != nil {
 			return r.markerErr("deleting markers", err)
 		}
 		return nil
 	})
+}
+
+// execReadCommitted runs a clean-up statement on the marker table at
+// READ COMMITTED. Under REPEATABLE READ, InnoDB takes next-key locks on
+// what such an UPDATE or DELETE scans, and it was seen (under load, on
+// MariaDB 10.11) to wait on the uncommitted evidence row of a prepared
+// branch while that branch's coordinator waited on the clean-up's gap
+// locks to insert its own marker row: a lock chain across the protocol
+// that only timeouts broke. READ COMMITTED takes no gap locks, and its
+// semi-consistent reads skip rows that other transactions hold and that
+// do not match. SET TRANSACTION applies to the next transaction only: the
+// statement itself. One round trip where the pool takes several
+// statements; otherwise two, on one connection, discarded if the second
+// did not run (it must not carry the setting to someone else's
+// transaction).
+func (r *Resource) execReadCommitted(ctx context.Context, stmt string) error {
+	const rc = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+	conn, err := r.db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	if r.multi.Load() != multiOff {
+		_, err := conn.ExecContext(ctx, rc+"; "+stmt)
+		switch {
+		case err == nil:
+			r.multi.CompareAndSwap(multiUnknown, multiOn)
+			return conn.Close()
+		case mysqlErrno(err) != erParse || r.multi.Load() == multiOn:
+			discard(conn)
+			return err
+		}
+		r.multi.Store(multiOff)
+	}
+	if _, err := conn.ExecContext(ctx, rc); err != nil {
+		discard(conn)
+		return err
+	}
+	if _, err := conn.ExecContext(ctx, stmt); err != nil {
+		discard(conn)
+		return err
+	}
+	return conn.Close()
 }
 
 // discard closes conn instead of handing it back to the pool: returning
