@@ -264,11 +264,12 @@ type TxReport struct {
 
 	lateDecision bool // the deciding row was read after the branch listing
 	collect      bool // delete its rows at the end of the scan
+	unproven     bool // some participant's commit is not proven yet (not an error: the next scan looks again)
 }
 
 // Resolved reports whether the transaction needs nothing more.
 func (t *TxReport) Resolved() bool {
-	if t.Action == ActionInDoubt || t.Action == ActionHeuristic || t.Err != nil {
+	if t.Action == ActionInDoubt || t.Action == ActionHeuristic || t.Err != nil || t.unproven {
 		return false
 	}
 	for _, b := range t.Branches {

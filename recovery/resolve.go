@@ -247,8 +247,8 @@ func (s *Scanner) complete(ctx context.Context, t *TxReport, unreachable map[str
 		if t.lateDecision {
 			// The listing predates the decision: the branch may have been
 			// prepared since, and be committing now.
-			t.Reason += "; decision learned after the branch listing: next scan checks the evidence"
-			t.Err = fmt.Errorf("branches %v not proven committed yet", missing)
+			t.Reason += fmt.Sprintf("; decision learned after the branch listing: %v not proven committed yet, the next scan checks the evidence", missing)
+			t.unproven = true
 			return
 		}
 		// Every branch was prepared before the decision row this scan
