@@ -246,7 +246,7 @@ func checkBank(t *testing.T, w *workload, rs []resource.Resource) (mixedGTIDs []
 	if len(w.unexpected) > 0 {
 		// Nothing outside threepc touches the bank's branches: a
 		// heuristic outcome is a bug too.
-		t.Errorf("errors outside the outcome classes (ErrAborted, ErrInDoubt, ErrCommitPending) or heuristic: %q", w.unexpected)
+		t.Errorf("%d errors outside the outcome classes (ErrAborted, ErrInDoubt, ErrCommitPending) or heuristic, e.g. %q", len(w.unexpected), w.unexpected[:min(5, len(w.unexpected))])
 	}
 	if w.counts[outCommitted] == 0 {
 		t.Errorf("no transfer committed: the workload did not run")

@@ -245,6 +245,50 @@ func recoverAll(t testing.TB, sc *recovery.Scanner, rs []resource.Resource, limi
 	}
 }
 
+// recoverHeuristic is recoverAll for tests where a heuristic outcome is
+// a possible (planted or real) result: it stops once nothing is prepared
+// and every transaction still needing work is heuristic, which no further
+// scan resolves (its rows stay for an operator). It returns those
+// transactions; repair them with repairHeuristic.
+func recoverHeuristic(t testing.TB, rs []resource.Resource, limit time.Duration) (*scanStats, []recovery.TxReport) {
+	t.Helper()
+	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, limit+30*time.Second)
+	st := &scanStats{}
+	deadline := time.Now().Add(limit)
+	for {
+		rep, err := sc.ScanOnce(ctx)
+		if err != nil {
+			t.Fatalf("ScanOnce: %v", err)
+		}
+		st.add(rep)
+		if len(rep.Unreachable) == 0 && len(rep.InDoubt()) == len(rep.Heuristic()) && countPrepared(prepared(t, ctx, rs), "") == 0 {
+			return st, rep.Heuristic()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("recovery did not finish within %v after %d scans; last report:\n%s", limit, st.scans, describe(rep))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// repairHeuristic is the operator's repair of heuristic transactions
+// once their data is judged: their rows are deleted everywhere.
+func repairHeuristic(t testing.TB, rs []resource.Resource, txs []recovery.TxReport) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	for _, tx := range txs {
+		for _, r := range rs {
+			if err := r.DeleteMarkers(ctx, tx.GTID); err != nil {
+				t.Fatalf("delete the rows of %s at %s: %v", tx.GTID, r.Name(), err)
+			}
+		}
+	}
+}
+
 // describe renders a report for failure messages.
 func describe(rep *recovery.Report) string {
 	var b strings.Builder
