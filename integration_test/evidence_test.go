@@ -283,12 +283,32 @@ func (l *scanLog) wrongReports(committed map[string]bool) []string {
 				bad = true
 			}
 			if bad {
-				out = append(out, fmt.Sprintf("%s (committed=%v): scan reported %s (%s, err %v, lost %v)", g, committed[g], tx.Action, tx.Reason, tx.Err, tx.Lost))
+				out = append(out, fmt.Sprintf("%s (committed=%v): scan reported %s (%s, err %v, lost %v)", g, committed[g], tx.Action, short(tx.Reason), tx.Err, tx.Lost))
 			}
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// short cuts a long reason for a failure message.
+func short(s string) string {
+	if len(s) > 120 {
+		return s[:120] + "..."
+	}
+	return s
+}
+
+// errorsCapped reports up to 10 of problems, and how many there were.
+func errorsCapped(t *testing.T, what string, problems []string) {
+	t.Helper()
+	for i, p := range problems {
+		if i == 10 {
+			t.Errorf("... %d %s in all", len(problems), what)
+			break
+		}
+		t.Errorf("%s: %s", what, p)
+	}
 }
 
 // committedGTIDs maps every gtid of the workload to whether its transfer
@@ -425,12 +445,8 @@ func TestLLRConnectionsTerminated(t *testing.T) {
 		t.Logf("what the eager scanner did for mixed %s: %v", g, scans.actions[g])
 	}
 	committed := committedGTIDs(t, w, rs[0])
-	for _, r := range scans.wrongReports(committed) {
-		t.Errorf("WRONG SCAN REPORT: %s", r)
-	}
-	for _, c := range contradictions(t, testCtx(t, time.Minute), rs, committed) {
-		t.Errorf("CONTRADICTORY ROWS after recovery: %s", c)
-	}
+	errorsCapped(t, "WRONG SCAN REPORTS", scans.wrongReports(committed))
+	errorsCapped(t, "CONTRADICTORY ROWS after recovery", contradictions(t, testCtx(t, time.Minute), rs, committed))
 	if w.counts[outAborted]+w.counts[outInDoubt]+w.counts[outPending]+w.counts[outWorkFailed] == 0 {
 		t.Errorf("no transfer saw a fault: the terminator missed the workload")
 	}

@@ -167,7 +167,7 @@ func outsideRollback(t *testing.T, ps []part, protocol txmanager.Protocol, llr b
 		}
 		if scan == 1 {
 			t.Logf("coordinator: %v", cerr)
-			t.Logf("scan: %s, lost %v: %s", tx.Action, tx.Lost, tx.Reason)
+			t.Logf("scan: %s, lost %v: %s", tx.Action, tx.Lost, short(tx.Reason))
 		}
 	}
 	primaryRow("after the scans")
