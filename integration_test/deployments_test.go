@@ -94,7 +94,7 @@ func twoDeployments(t *testing.T, a, b []part, nsA, nsB string) (foreign int) {
 		t.Errorf("deployment B's scanner errors: %v", scans.st.badErrs)
 	}
 
-	st := recoverFresh(t, rsA, 30*time.Second, recovery.WithNamespace(nsA))
+	st := finalRecovery(t, rsA, recovery.WithNamespace(nsA))
 	if len(st.badErrs) > 0 {
 		t.Errorf("A's recovery errors: %v", st.badErrs)
 	}

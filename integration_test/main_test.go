@@ -250,9 +250,9 @@ func recoverAll(t testing.TB, sc *recovery.Scanner, rs []resource.Resource, limi
 // and every transaction still needing work is heuristic, which no further
 // scan resolves (its rows stay for an operator). It returns those
 // transactions; repair them with repairHeuristic.
-func recoverHeuristic(t testing.TB, rs []resource.Resource, limit time.Duration) (*scanStats, []recovery.TxReport) {
+func recoverHeuristic(t testing.TB, rs []resource.Resource, limit time.Duration, opts ...recovery.Option) (*scanStats, []recovery.TxReport) {
 	t.Helper()
-	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quiet))
+	sc, err := recovery.New(rs, append([]recovery.Option{recovery.WithHorizon(0), recovery.WithLogger(quiet)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
