@@ -31,7 +31,7 @@ const (
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
 	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
-	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, attached
+	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, noro (no read-only vote on MariaDB)
 )
 
 // errInjected is the failure injected into the vote of THREEPC_IT_REFUSE.
@@ -68,7 +68,7 @@ func TestHelperCoordinator(t *testing.T) {
 		if err != nil {
 			t.Fatalf("child: %v", err)
 		}
-		if optimized["attached"] && strings.HasPrefix(url, "mysql://") {
+		if optimized["noro"] && strings.HasPrefix(url, "mysql://") {
 			url += "?threepc_read_only_vote=false"
 		}
 		r, err := drivers.Open(name, url)

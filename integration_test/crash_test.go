@@ -95,10 +95,11 @@ func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
 
 // TestCrashMatrixOptimized is the crash matrix with every optimization of
 // the performance work switched on at once: logging last resource,
-// asynchronous clean-up, and MariaDB branches kept attached to their
-// session without the read-only vote.
+// asynchronous clean-up, and MariaDB branches without the read-only vote.
+// (MariaDB branches always stay on their session now: the detached mode
+// is gone.)
 func TestCrashMatrixOptimized(t *testing.T) {
-	runMatrix(t, "co", crashCasesLastResource, "llr,async,attached")
+	runMatrix(t, "co", crashCasesLastResource, "llr,async,noro")
 }
 
 // crashParts makes the participants of a matrix group: PostgreSQL (the
@@ -206,10 +207,11 @@ func runCrashCaseWith(t *testing.T, ps []part, protocol txmanager.Protocol, c cr
 }
 
 // recoverFresh is recoverAll on a new scanner with horizon 0 (everything
-// counts as old: call it only when no coordinator is alive).
-func recoverFresh(t *testing.T, rs []resource.Resource, limit time.Duration) *scanStats {
+// counts as old: call it only when no coordinator is alive), with opts
+// (a namespace) added.
+func recoverFresh(t *testing.T, rs []resource.Resource, limit time.Duration, opts ...recovery.Option) *scanStats {
 	t.Helper()
-	sc, err := recovery.New(rs, recovery.WithHorizon(0), recovery.WithLogger(quiet))
+	sc, err := recovery.New(rs, append([]recovery.Option{recovery.WithHorizon(0), recovery.WithLogger(quiet)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

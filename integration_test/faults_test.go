@@ -17,13 +17,13 @@ import (
 
 // bankManagers returns a 3PC and a 2PC manager over rs, with short
 // timeouts so that a dead server costs seconds, not the defaults' half
-// minute.
+// minute, and extra options (logging last resource, a namespace) added.
 //
 // The managers dawdle for a few milliseconds at the protocol's steps
 // between prepare and commit, as a loaded coordinator would: without
 // that, those windows are so short that faults land almost only in the
 // work phase, where any database aborts cleanly on its own.
-func bankManagers(t *testing.T, rs []resource.Resource) []*txmanager.Manager {
+func bankManagers(t *testing.T, rs []resource.Resource, extra ...txmanager.Option) []*txmanager.Manager {
 	t.Helper()
 	slow := func(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
 		switch fp {
@@ -34,10 +34,11 @@ func bankManagers(t *testing.T, rs []resource.Resource) []*txmanager.Manager {
 	}
 	var ms []*txmanager.Manager
 	for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-		m, err := txmanager.New(rs, txmanager.WithProtocol(p), txmanager.WithFailpoints(slow),
-			txmanager.WithTimeout(3*time.Second), txmanager.WithDecideTimeout(2*time.Second),
-			txmanager.WithCommitTimeout(3*time.Second), txmanager.WithCleanupTimeout(time.Second),
-			txmanager.WithLogger(quiet))
+		opts := append([]txmanager.Option{txmanager.WithProtocol(p), txmanager.WithFailpoints(slow),
+			txmanager.WithTimeout(3 * time.Second), txmanager.WithDecideTimeout(2 * time.Second),
+			txmanager.WithCommitTimeout(3 * time.Second), txmanager.WithCleanupTimeout(time.Second),
+			txmanager.WithLogger(quiet)}, extra...)
+		m, err := txmanager.New(rs, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
