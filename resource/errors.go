@@ -60,6 +60,16 @@ var (
 	// ErrUnreachable: the server could not be reached, or the connection
 	// broke. The outcome of a statement that was in flight is unknown.
 	ErrUnreachable = errors.New("threepc: database unreachable")
+	// ErrConnectionRejected: the server answered, and turned the connection
+	// down: authentication failed, the user may not use the database, the
+	// database does not exist, or a connection parameter is unknown or
+	// invalid (PostgreSQL class 28, 3D000, 42704 and 22023 at start-up;
+	// MySQL 1044, 1045, 1698, 1049, 1193). It is not transient: retrying
+	// gives the same answer until the configuration (the URL, the user's
+	// grants, the database) is fixed. It never matches ErrUnreachable, so
+	// code that retries on that sentinel does not retry a wrong password.
+	// A refused TCP connection (nothing listening) is ErrUnreachable.
+	ErrConnectionRejected = errors.New("threepc: the server rejected the connection")
 	// ErrUnsupported: the server version or configuration is not supported.
 	ErrUnsupported = errors.New("threepc: unsupported database")
 )

@@ -31,6 +31,10 @@ const (
 	erXARBTimeout      = 1613 // XA_RBTIMEOUT
 	erXARBDeadlock     = 1614 // XA_RBDEADLOCK
 	erConnectionKilled = 1927 // ER_CONNECTION_KILLED (MariaDB)
+	erAccessDeniedUser = 1045 // ER_ACCESS_DENIED_ERROR: wrong user or password
+	erBadDB            = 1049 // ER_BAD_DB_ERROR: unknown database
+	erUnknownSysVar    = 1193 // ER_UNKNOWN_SYSTEM_VARIABLE: a DSN parameter the server does not know
+	erAccessDeniedNoPw = 1698 // ER_ACCESS_DENIED_NO_PASSWORD_ERROR (unix_socket/auth plugin refusal)
 	crServerGone       = 2006 // CR_SERVER_GONE_ERROR
 	crServerLost       = 2013 // CR_SERVER_LOST
 )
@@ -42,6 +46,20 @@ func mysqlErrno(err error) uint16 {
 		return me.Number
 	}
 	return 0
+}
+
+// rejected reports whether err is the server turning a connection down
+// (resource.ErrConnectionRejected): wrong user or password, no access to
+// the database, an unknown database, or a DSN parameter that go-sql-driver
+// sends as a session variable and the server does not know (?foo=bar).
+// The server gives these answers while the pool opens a connection; the
+// driver's own statements never cause them.
+func rejected(err error) bool {
+	switch mysqlErrno(err) {
+	case erDBAccessDenied, erAccessDeniedUser, erAccessDeniedNoPw, erBadDB, erUnknownSysVar:
+		return true
+	}
+	return false
 }
 
 // isConnErr reports whether err means the connection or server failed, so
@@ -81,8 +99,12 @@ func wrap(what string, sentinel, err error) error {
 	return fmt.Errorf("threepc/mysql: %s: %w: %w", what, sentinel, err)
 }
 
-// wrapConn wraps err, mapping broken connections to ErrUnreachable.
+// wrapConn wraps err, mapping broken connections to ErrUnreachable and
+// refused ones to ErrConnectionRejected.
 func wrapConn(what string, err error) error {
+	if rejected(err) {
+		return wrap(what, resource.ErrConnectionRejected, err)
+	}
 	if isConnErr(err) {
 		return wrap(what, resource.ErrUnreachable, err)
 	}

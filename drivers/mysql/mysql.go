@@ -336,6 +336,9 @@ func (r *Resource) Check(ctx context.Context) error {
 		if addr == "" {
 			addr = "the server"
 		}
+		if rejected(err) {
+			return wrap("connecting to "+addr, resource.ErrConnectionRejected, err)
+		}
 		return fmt.Errorf("threepc/mysql: cannot reach %s: %w: %w", addr, resource.ErrUnreachable, err)
 	}
 	v, _, err := r.serverInfo(ctx)

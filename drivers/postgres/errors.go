@@ -23,23 +23,26 @@ var errBranchNotActive = errors.New("threepc/postgres: branch is no longer activ
 
 // SQLSTATEs that the driver maps to the resource package's sentinels.
 const (
-	codeUndefinedObject        = "42704" // no prepared transaction with that gid
-	codeDuplicateObject        = "42710" // gid already in use
-	codeObjectNotInState       = "55000" // prepared transaction busy, or prepared transactions disabled
-	codeOutOfMemory            = "53200" // max_prepared_transactions reached
-	codeFeatureNotSupported    = "0A000" // temp tables at PREPARE; wrong database at COMMIT PREPARED
-	codeInsufficientPrivilege  = "42501" // not the preparing user nor a superuser
-	codeUniqueViolation        = "23505"
-	codeUndefinedTable         = "42P01"
-	codeUndefinedColumn        = "42703" // the marker table predates migration 2 (no branch column)
-	codeLockNotAvailable       = "55P03" // lock_timeout while inserting an evidence row
-	codeSerializationFailure   = "40001"
-	codeDeadlockDetected       = "40P01"
-	codeAdminShutdown          = "57P01"
-	codeCrashShutdown          = "57P02"
-	codeCannotConnectNow       = "57P03"
-	codeIdleSessionTimeout     = "57P05"
-	codeConnectionExceptionCls = "08" // class 08: connection exception
+	codeUndefinedObject         = "42704" // no prepared transaction with that gid
+	codeDuplicateObject         = "42710" // gid already in use
+	codeObjectNotInState        = "55000" // prepared transaction busy, or prepared transactions disabled
+	codeOutOfMemory             = "53200" // max_prepared_transactions reached
+	codeFeatureNotSupported     = "0A000" // temp tables at PREPARE; wrong database at COMMIT PREPARED
+	codeInsufficientPrivilege   = "42501" // not the preparing user nor a superuser
+	codeUniqueViolation         = "23505"
+	codeUndefinedTable          = "42P01"
+	codeUndefinedColumn         = "42703" // the marker table predates migration 2 (no branch column)
+	codeLockNotAvailable        = "55P03" // lock_timeout while inserting an evidence row
+	codeSerializationFailure    = "40001"
+	codeDeadlockDetected        = "40P01"
+	codeAdminShutdown           = "57P01"
+	codeCrashShutdown           = "57P02"
+	codeCannotConnectNow        = "57P03"
+	codeIdleSessionTimeout      = "57P05"
+	codeConnectionExceptionCls  = "08"    // class 08: connection exception
+	codeInvalidAuthorizationCls = "28"    // class 28: wrong password (28P01), no such role or no pg_hba entry (28000)
+	codeInvalidCatalogName      = "3D000" // the database does not exist
+	codeInvalidParameterValue   = "22023" // a bad value for a connection parameter
 )
 
 // op is the kind of statement whose error is mapped: the same SQLSTATE
@@ -60,6 +63,9 @@ const (
 func mapError(o op, what string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if rejected(err) {
+		return fmt.Errorf("threepc/postgres: %s: %w: %w", what, resource.ErrConnectionRejected, err)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -130,11 +136,37 @@ func sentinelFor(o op, e *pgconn.PgError) error {
 	return nil
 }
 
+// rejected reports whether err is the server turning a connection down
+// (resource.ErrConnectionRejected): authentication, a missing database,
+// or, while connecting, an unknown or invalid run-time parameter of the
+// URL ("unrecognized configuration parameter", 42704, at start-up). pgx
+// wraps such an answer in a *pgconn.ConnectError, which isConnError would
+// otherwise take for an unreachable server.
+func rejected(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(pgErr.Code, codeInvalidAuthorizationCls), pgErr.Code == codeInvalidCatalogName:
+		return true
+	case pgErr.Code == codeUndefinedObject, pgErr.Code == codeInvalidParameterValue:
+		var connectErr *pgconn.ConnectError
+		return errors.As(err, &connectErr)
+	}
+	return false
+}
+
 // isConnError reports whether err means the connection broke or could not
 // be made. A context error counts only when pgx says the statement was
 // already sent (callers check ctx.Err() before sending): the connection is
 // then closed by pgx and the statement's outcome is unknown.
 func isConnError(err error) bool {
+	if rejected(err) {
+		// A server's answer to a new connection: nothing was in flight,
+		// and retrying gives the same answer.
+		return false
+	}
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	switch {

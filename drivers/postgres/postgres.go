@@ -178,6 +178,9 @@ func (r *Resource) where() string {
 // exists.
 func (r *Resource) Check(ctx context.Context) error {
 	if err := r.db.PingContext(ctx); err != nil {
+		if rejected(err) {
+			return mapError(opOther, r.where(), err)
+		}
 		return fmt.Errorf("threepc/postgres: %s: cannot reach the server: %w: %w", r.where(), resource.ErrUnreachable, err)
 	}
 	var mpt string
