@@ -36,9 +36,6 @@ func Open(name, url string) (resource.Resource, error) {
 	case "postgres", "postgresql":
 		return postgres.Open(name, url, postgres.Config{})
 	case "mysql", "mariadb":
-		if strings.EqualFold(scheme, "mariadb") {
-			url = "mysql" + url[len(scheme):]
-		}
 		return mysql.Open(name, url, mysql.Config{})
 	}
 	return nil, fmt.Errorf("%w: %q", ErrUnknownScheme, scheme)

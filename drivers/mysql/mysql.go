@@ -121,7 +121,8 @@ func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
 // Open opens a pool for dsn and returns a resource named name on it;
 // Close closes the pool. dsn is either a go-sql-driver DSN
 // ("user:pass@tcp(host:port)/db?param=value") or a URL
-// ("mysql://user:pass@host:port/db?param=value", see ParseURL). No
+// ("mysql://user:pass@host:port/db?param=value", or mariadb://, see
+// ParseURL). No
 // connection is made until the resource is used (call Check at start-up).
 func Open(name, dsn string, cfg Config) (*Resource, error) {
 	if err := resource.ValidateName(name); err != nil {
@@ -131,7 +132,7 @@ func Open(name, dsn string, cfg Config) (*Resource, error) {
 		dc  *mysqldriver.Config
 		err error
 	)
-	if strings.HasPrefix(dsn, "mysql://") {
+	if isURL(dsn) {
 		dc, err = ParseURL(dsn)
 	} else {
 		dc, err = mysqldriver.ParseDSN(dsn)
@@ -187,8 +188,16 @@ func (r *Resource) DatabaseName() string {
 	return r.dbname
 }
 
+// isURL reports whether dsn is a mysql:// or mariadb:// URL rather than a
+// go-sql-driver DSN.
+func isURL(dsn string) bool {
+	scheme, _, ok := strings.Cut(dsn, "://")
+	return ok && (strings.EqualFold(scheme, "mysql") || strings.EqualFold(scheme, "mariadb"))
+}
+
 // ParseURL converts a URL "mysql://user:password@host:port/database?params"
-// into a go-sql-driver configuration. The port defaults to 3306; query
+// (or mariadb://, the same) into a go-sql-driver configuration. The port
+// defaults to 3306; query
 // parameters are passed through as go-sql-driver DSN parameters
 // (e.g. tls=true, timeout=5s), unknown ones as session variables, as the
 // driver does.
@@ -197,8 +206,8 @@ func ParseURL(rawURL string) (*mysqldriver.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("threepc/mysql: invalid URL: %w", err)
 	}
-	if u.Scheme != "mysql" {
-		return nil, fmt.Errorf("threepc/mysql: invalid URL %q: scheme %q, want mysql://", redact(u), u.Scheme)
+	if u.Scheme != "mysql" && u.Scheme != "mariadb" {
+		return nil, fmt.Errorf("threepc/mysql: invalid URL %q: scheme %q, want mysql:// or mariadb://", redact(u), u.Scheme)
 	}
 	if u.Opaque != "" {
 		return nil, fmt.Errorf("threepc/mysql: invalid URL %q: want mysql://host", redact(u))
