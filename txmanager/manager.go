@@ -142,7 +142,11 @@ func (m *Manager) Begin(ctx context.Context) (*Tx, error) {
 // Every error Run returns matches one of ErrAborted, ErrInDoubt or
 // ErrCommitPending (see Tx.Commit). An error of fn comes back wrapped in
 // an *AbortError of phase "work", so errors.Is and errors.As still find
-// it.
+// it. When fn's error is (or wraps) an error a branch handle's statement
+// returned, the AbortError's Resource names that branch (the last one to
+// fail with it); an error of a branch that could not begin names it with
+// phase "begin". Errors met only while iterating rows (Rows.Err) are not
+// tracked.
 func (m *Manager) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) error) (err error) {
 	tx, err := m.Begin(ctx)
 	if err != nil {
@@ -169,7 +173,7 @@ func (m *Manager) Run(ctx context.Context, fn func(ctx context.Context, tx *Tx) 
 		if errors.Is(ferr, ErrAborted) || errors.Is(ferr, ErrInDoubt) || errors.Is(ferr, ErrCommitPending) {
 			return ferr
 		}
-		return &AbortError{GTID: tx.gtid, Phase: resource.PhaseWork, Err: ferr}
+		return tx.workAbort(ferr)
 	}
 	return tx.Commit(ctx)
 }

@@ -30,6 +30,15 @@ type Tx struct {
 	failed   error     // set when a branch could not be enlisted: Commit must abort
 	done     bool
 	cancels  []context.CancelFunc // statement deadlines, released at the end
+	// stmtFailed is the last failed statement of each branch handle, most
+	// recent last: Run names the branch whose error the function returned.
+	stmtFailed []stmtFailure
+}
+
+// stmtFailure is a statement error returned by a branch handle.
+type stmtFailure struct {
+	name string
+	err  error
 }
 
 // branch is the coordinator's record of one enlisted branch.
@@ -153,6 +162,54 @@ func (tx *Tx) timeoutError() error {
 		ErrTimeout, tx.m.opts.timeout)
 }
 
+// noteFailure records err, a statement error a handle of the branch on name
+// returns, and returns it unchanged: the caller's error chain stays the
+// database's own (errors.Is and errors.As see exactly what the driver
+// returned); the branch is found again by identity (culprit).
+func (tx *Tx) noteFailure(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	tx.stmtFailed = slices.DeleteFunc(tx.stmtFailed, func(f stmtFailure) bool { return f.name == name })
+	tx.stmtFailed = append(tx.stmtFailed, stmtFailure{name, err})
+	return err
+}
+
+// culprit names the branch whose failed statement produced err (err, or
+// an error wrapping it), the most recent first; "" if none did.
+func (tx *Tx) culprit(err error) string {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	for _, f := range slices.Backward(tx.stmtFailed) {
+		if errors.Is(err, f.err) {
+			return f.name
+		}
+	}
+	return ""
+}
+
+// workAbort is the AbortError for ferr, the error the function given to
+// Run returned: it names the branch that caused it, when a branch's
+// statement or begin did.
+func (tx *Tx) workAbort(ferr error) *AbortError {
+	ae := &AbortError{GTID: tx.gtid, Phase: resource.PhaseWork, Err: ferr}
+	var be *resource.BranchError
+	if errors.As(ferr, &be) {
+		// A branch that could not begin (enlist's error).
+		ae.Resource, ae.Phase = be.Resource, be.Phase
+		if ferr == error(be) {
+			// Unwrapped: the AbortError's message names the resource
+			// and phase already.
+			ae.Err = be.Err
+		}
+		return ae
+	}
+	ae.Resource = tx.culprit(ferr)
+	return ae
+}
+
 // finish marks the transaction done and returns its branches, or
 // ErrTxDone.
 func (tx *Tx) finish() ([]*branch, error) {
@@ -187,7 +244,7 @@ func (h handle) ExecContext(ctx context.Context, query string, args ...any) (sql
 		return nil, err
 	}
 	res, err := b.ExecContext(h.tx.stmtContext(ctx), query, args...)
-	return res, h.tx.stmtError(err)
+	return res, h.tx.noteFailure(h.name, h.tx.stmtError(err))
 }
 
 func (h handle) PrepareContext(ctx context.Context, query string) (*sql.Stmt, error) {
@@ -196,7 +253,7 @@ func (h handle) PrepareContext(ctx context.Context, query string) (*sql.Stmt, er
 		return nil, err
 	}
 	st, err := b.PrepareContext(h.tx.stmtContext(ctx), query)
-	return st, h.tx.stmtError(err)
+	return st, h.tx.noteFailure(h.name, h.tx.stmtError(err))
 }
 
 func (h handle) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
@@ -205,7 +262,7 @@ func (h handle) QueryContext(ctx context.Context, query string, args ...any) (*s
 		return nil, err
 	}
 	rows, err := b.QueryContext(h.tx.stmtContext(ctx), query, args...)
-	return rows, h.tx.stmtError(err)
+	return rows, h.tx.noteFailure(h.name, h.tx.stmtError(err))
 }
 
 func (h handle) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
@@ -213,5 +270,9 @@ func (h handle) QueryRowContext(ctx context.Context, query string, args ...any) 
 	if err != nil {
 		return sqlerr.Row(err)
 	}
-	return b.QueryRowContext(h.tx.stmtContext(ctx), query, args...)
+	row := b.QueryRowContext(h.tx.stmtContext(ctx), query, args...)
+	// Scan returns this same error value (sql.ErrNoRows aside, which is
+	// no statement failure).
+	_ = h.tx.noteFailure(h.name, row.Err())
+	return row
 }
