@@ -15,7 +15,7 @@ import (
 )
 
 // ErrUnknownScheme: the URL's scheme selects no driver.
-var ErrUnknownScheme = errors.New("threepc/drivers: unknown URL scheme (want postgres://, postgresql:// or mysql://)")
+var ErrUnknownScheme = errors.New("threepc/drivers: unknown URL scheme (want postgres://, postgresql://, mysql:// or mariadb://)")
 
 // Open returns a resource named name for url:
 //

@@ -46,7 +46,7 @@ func ValidateName(name string) error {
 		return fmt.Errorf("%w: empty resource name", ErrInvalidName)
 	}
 	if len(name) > MaxNameLen {
-		return fmt.Errorf("%w: resource name %q is %d bytes, longer than %d (MySQL's XA gtrid limit of 64 bytes leaves that much)", ErrInvalidName, name, len(name), MaxNameLen)
+		return fmt.Errorf("%w %q: %d bytes, longer than %d (MySQL's XA gtrid limit of 64 bytes leaves that much)", ErrInvalidName, name, len(name), MaxNameLen)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
@@ -54,7 +54,7 @@ func ValidateName(name string) error {
 		case c >= 'a' && c <= 'z':
 		case i > 0 && (c >= '0' && c <= '9' || c == '_' || c == '-'):
 		default:
-			return fmt.Errorf("%w: resource name %q: want lowercase letters, digits, '_' or '-', starting with a letter", ErrInvalidName, name)
+			return fmt.Errorf("%w %q: want lowercase letters, digits, '_' or '-', starting with a letter", ErrInvalidName, name)
 		}
 	}
 	return nil

@@ -104,7 +104,7 @@ func run(args []string) int {
 	case isCobraUsageError(err):
 		code = exitUsage
 	}
-	fmt.Fprintln(os.Stderr, "threepc: "+oneLine(err.Error()))
+	fmt.Fprintln(os.Stderr, "threepc: "+message(err))
 	return code
 }
 
@@ -184,6 +184,17 @@ func isCobraUsageError(err error) bool {
 		}
 	}
 	return false
+}
+
+// message is err's text for the command's one-line error, which starts
+// with "threepc: " already: the library's sentinels, wrapped inside the
+// chain, each bring that prefix too ("threepc: --db: threepc: invalid
+// resource name ..."), so it is dropped after the first. Prefixes of the
+// packages ("threepc/mysql: ") stay: they say which driver answered.
+func message(err error) string {
+	s := oneLine(err.Error())
+	s = strings.TrimPrefix(s, "threepc: ")
+	return strings.ReplaceAll(s, ": threepc: ", ": ")
 }
 
 // oneLine folds a message onto one line.

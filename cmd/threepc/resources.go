@@ -84,12 +84,13 @@ func openResources(ctx context.Context, specs []string, o openOpts) ([]resource.
 }
 
 // hint says what to do about a Check error, when the driver's message
-// does not already.
+// does not already: one hint per message. A refused connection needs
+// none: the server's message says what it refused.
 func hint(err error) string {
 	switch {
 	case errors.Is(err, resource.ErrUnreachable):
-		return " (is the server running, and are the host, port, user and password in the URL right?)"
-	case errors.Is(err, resource.ErrMarkerTableMissing):
+		return " (is the server running, and are the host and port in the URL right?)"
+	case errors.Is(err, resource.ErrMarkerTableMissing) && !strings.Contains(err.Error(), "threepc migrate"):
 		return " (run: threepc migrate --db ... with the same --db flags)"
 	}
 	return ""
