@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/threepc/threepc/drivers"
+	"github.com/threepc/threepc/drivers/mysql"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
 )
@@ -31,7 +32,7 @@ const (
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
 	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
-	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, noro (no read-only vote on MariaDB)
+	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, ro (MariaDB's read-only vote, off by default)
 )
 
 // errInjected is the failure injected into the vote of THREEPC_IT_REFUSE.
@@ -68,8 +69,8 @@ func TestHelperCoordinator(t *testing.T) {
 		if err != nil {
 			t.Fatalf("child: %v", err)
 		}
-		if optimized["noro"] && strings.HasPrefix(url, "mysql://") {
-			url += "?threepc_read_only_vote=false"
+		if optimized["ro"] && strings.HasPrefix(url, "mysql://") {
+			url += "?" + mysql.ParamReadOnlyVote + "=true"
 		}
 		r, err := drivers.Open(name, url)
 		if err != nil {

@@ -253,7 +253,10 @@ func rollBackOutside(ctx context.Context, p part, gtid string) error {
 				return fmt.Errorf("KILL %d: %w", x.Session, err)
 			}
 		}
-		for end := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		// INNODB_TRX is a cache InnoDB refills only after 100 ms unread:
+		// polling it faster would keep showing the session forever.
+		for end := time.Now().Add(10 * time.Second); ; {
+			time.Sleep(300 * time.Millisecond)
 			var n int
 			if err := conn.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = ?)
 				+ (SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = ?)`, x.Session, x.Session).Scan(&n); err != nil {

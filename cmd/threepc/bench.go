@@ -62,8 +62,8 @@ type benchResult struct {
 }
 
 // benchVariant is a protocol of the bench with optimizations switched
-// on: "3pc+llr+noro" is the library's 3PC with logging last resource and
-// without the MySQL read-only vote.
+// on: "3pc+llr+ro" is the library's 3PC with logging last resource and
+// the MySQL read-only vote.
 type benchVariant struct {
 	name        string
 	base        bank.Protocol
@@ -80,7 +80,12 @@ var benchModifiers = []struct {
 }{
 	{name: "llr", help: "logging last resource: the primary commits one-phase with its decision row", opt: txmanager.WithLastResource(true)},
 	{name: "async", help: "asynchronous, batched marker clean-up: Commit returns once the branches are committed", opt: txmanager.WithAsyncCleanup(true)},
-	{name: "noro", help: "no read-only vote on MySQL/MariaDB (saves two status queries per branch)", mysqlParams: mysql.ParamReadOnlyVote + "=false"},
+	{name: "ro", help: "read-only vote on MySQL/MariaDB (costs two status queries per branch)", mysqlParams: mysql.ParamReadOnlyVote + "=true"},
+}
+
+// removedModifiers are options that are gone, with what to write instead.
+var removedModifiers = map[string]string{
+	"noro": "the MySQL read-only vote is off by default now; drop +noro (+ro turns the vote on)",
 }
 
 func parseBenchVariant(s string) (benchVariant, error) {
@@ -107,6 +112,9 @@ func parseBenchVariant(s string) (benchVariant, error) {
 			if m.mysqlParams != "" {
 				params = append(params, m.mysqlParams)
 			}
+		}
+		if why, ok := removedModifiers[mod]; ok && !found {
+			return benchVariant{}, fmt.Errorf("%q: option %q was removed: %s", s, mod, why)
 		}
 		if !found {
 			var known []string
@@ -165,13 +173,15 @@ for every protocol and concurrency, on the same databases in one run:
   3pc             the library in three-phase commit mode
 
 Optimizations are switched on per protocol with +NAME suffixes, e.g.
-3pc+llr+async+noro:
+3pc+llr+async:
 
   llr       logging last resource: the primary commits one-phase with its
             decision row inside its own transaction
   async     asynchronous, batched marker clean-up: Commit returns as soon
             as every branch is committed
-  noro      no read-only vote on MySQL/MariaDB (two status queries less)
+  ro        read-only vote on MySQL/MariaDB: a branch that wrote nothing
+            commits at the vote, at the cost of two status queries per
+            branch (off by default)
 
 Every transfer writes the bank's ledger (see bank check), and bench prints
 the aborted (by the transaction timeout) and in-doubt counts per cell.
@@ -325,7 +335,7 @@ handwritten2pc.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +noro options on 2pc and 3pc")
+	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +ro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell (default: duration/5, at most 1s)")

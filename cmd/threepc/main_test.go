@@ -404,8 +404,8 @@ func TestBench(t *testing.T) {
 		}
 	}
 	want(t, cli(t, d.args("bank", "setup", "--reset", "--accounts", "500")...), 0)
-	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+async+noro,2pc+llr", "--concurrency", "2", "--duration", "200ms", "--json")...)
-	want(t, r, 0, "3pc+llr+async+noro")
+	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+async+ro,2pc+llr", "--concurrency", "2", "--duration", "200ms", "--json")...)
+	want(t, r, 0, "3pc+llr+async+ro")
 	wantQuiet(t, r)
 	res = benchResult{}
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
@@ -415,12 +415,13 @@ func TestBench(t *testing.T) {
 		checkCell(t, c)
 	}
 	d.wantChecked(t, 1000000)
-	r = cli(t, d.args("bench", "--protocols", "2pc+noro", "--concurrency", "1", "--duration", "100ms")...)
-	want(t, r, 0, "PROTOCOL", "TX/S", "ABORTED (TIMEOUT)", "IN DOUBT", "HEURISTIC", "2pc+noro", "heap after GC")
+	r = cli(t, d.args("bench", "--protocols", "2pc+ro", "--concurrency", "1", "--duration", "100ms")...)
+	want(t, r, 0, "PROTOCOL", "TX/S", "ABORTED (TIMEOUT)", "IN DOUBT", "HEURISTIC", "2pc+ro", "heap after GC")
 	t.Logf("bench:\n%s\n%s", r.stdout, r.stderr)
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+fast")...), "unknown option")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+attached")...), "unknown option")
+	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+noro")...), "was removed")
 }
 
 // checkCell asserts what every bench cell must show (see TestBench).

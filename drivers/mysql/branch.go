@@ -117,7 +117,7 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 	b := &Branch{r: r, xid: xid, conn: conn, live: true}
 	_ = conn.Raw(func(dc any) error { b.connKey = dc; return nil })
 
-	if info, ok := r.sessions.get(b.connKey); ok && r.cfg.DisableReadOnlyVote {
+	if info, ok := r.sessions.get(b.connKey); ok && !r.cfg.ReadOnlyVote {
 		// Nothing to read before XA START: the session's id and detach
 		// mode are known from an earlier branch on this connection.
 		b.threadID, b.detachOnPrepare = info.threadID, info.detachOnPrepare
@@ -127,7 +127,7 @@ func (r *Resource) Begin(ctx context.Context, xid resource.XID) (resource.Branch
 			detach = "@@session.xa_detach_on_prepare"
 		}
 		counters := "0, 0"
-		if !r.cfg.DisableReadOnlyVote {
+		if r.cfg.ReadOnlyVote {
 			counters = r.countersExpr(v)
 		}
 		var detachOn, count int64
@@ -306,7 +306,7 @@ func (b *Branch) batch(ctx context.Context, stmts ...string) error {
 
 // written reports whether the session wrote a row since Begin.
 func (b *Branch) written(ctx context.Context) (bool, error) {
-	if !b.countersOK || b.r.cfg.DisableReadOnlyVote {
+	if !b.countersOK || !b.r.cfg.ReadOnlyVote {
 		return true, nil
 	}
 	v, err := b.r.serverVersion(ctx)

@@ -58,18 +58,19 @@
 //     nothing: once such a branch is detached the server has already
 //     rolled it back, and XA COMMIT by id fails with 1402 XA_RBROLLBACK.
 //     The evidence row makes every prepared branch a writer, so this no
-//     longer happens to threepc branches; the read-only vote still saves
-//     the prepare and the commit of a branch that wrote nothing: the
-//     branch records the session's Handler_write, Handler_update and
-//     Handler_delete counters before XA START and again before XA END; if
-//     none moved, Prepare ends it with XA END + XA COMMIT ... ONE PHASE
+//     longer happens to threepc branches. The read-only vote
+//     (Config.ReadOnlyVote, off by default: it costs two status queries
+//     on every branch) saves the prepare and the commit of a branch that
+//     wrote nothing: the branch records the session's Handler_write,
+//     Handler_update and Handler_delete counters before XA START and again
+//     before XA END; if none moved, Prepare ends it with XA END + XA COMMIT ... ONE PHASE
 //     and returns resource.VoteReadOnly (no evidence row: nothing is left
 //     to decide). The counters count every row written through a storage
 //     engine handler, including rows written by stored functions,
 //     triggers, INSERT IGNORE attempts and user temporary tables, so a
-//     branch that wrote is never classified read-only. If the counters
-//     cannot be read (MySQL with performance_schema off), every branch
-//     votes prepared.
+//     branch that wrote is never classified read-only. With the vote off,
+//     or if the counters cannot be read (MySQL with performance_schema
+//     off), every branch votes prepared.
 //   - Rollback handles every branch state: ACTIVE (XA END first), IDLE,
 //     rollback-only after 1402/1613/1614, PREPARED (on the pinned
 //     connection, or by id), and a prepare whose outcome is unknown.

@@ -399,7 +399,7 @@ func TestLostConnectionAfterPrepare(t *testing.T) {
 }
 
 func TestReadOnlyVote(t *testing.T) {
-	r, db := newResource(t, "shop", Config{})
+	r, db := newResource(t, "shop", Config{ReadOnlyVote: true})
 	ctx := testCtx(t)
 	mustExec(t, db, "INSERT INTO t VALUES (1, 1), (2, 2)")
 	mustExec(t, db, "CREATE FUNCTION bump() RETURNS INT MODIFIES SQL DATA BEGIN UPDATE t SET v = v + 1 WHERE id = 1; RETURN 1; END")
@@ -453,12 +453,12 @@ func TestReadOnlyVote(t *testing.T) {
 	checkPool(t, db)
 }
 
-// TestReadOnlyWithoutVote: with the vote off, a branch that only read is
-// prepared like any other. Its evidence row is a write, so MariaDB's trap
+// TestReadOnlyWithoutVote: with the vote off (the default), a branch that
+// only read is prepared like any other. Its evidence row is a write, so MariaDB's trap
 // for read-only XA (a detached one answers 1402 and is gone) no longer
 // applies: the branch survives its session and commits by id.
 func TestReadOnlyWithoutVote(t *testing.T) {
-	r, db := newResource(t, "shop", Config{DisableReadOnlyVote: true})
+	r, db := newResource(t, "shop", Config{})
 	ctx := testCtx(t)
 	for _, commit := range []bool{true, false} {
 		b := mustBegin(t, r, newXID(r))

@@ -180,7 +180,7 @@ func TestErrorClasses(t *testing.T) {
 }
 
 func TestTakeParams(t *testing.T) {
-	dc, err := ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=false&wait_timeout=10")
+	dc, err := ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=true&wait_timeout=10")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,14 +188,24 @@ func TestTakeParams(t *testing.T) {
 	if err := takeParams(dc, &cfg); err != nil {
 		t.Fatal(err)
 	}
-	if !cfg.DisableReadOnlyVote {
-		t.Errorf("cfg = %+v, want DisableReadOnlyVote", cfg)
+	if !cfg.ReadOnlyVote {
+		t.Errorf("cfg = %+v, want ReadOnlyVote", cfg)
 	}
 	if _, ok := dc.Params[ParamReadOnlyVote]; ok {
 		t.Errorf("%s still passed to the server as a session variable", ParamReadOnlyVote)
 	}
 	if dc.Params["wait_timeout"] != "10" {
 		t.Errorf("other parameters lost: %v", dc.Params)
+	}
+	// false turns it off again (a URL can override a Config that set it),
+	// and leaving it out keeps the Config's choice.
+	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=false")
+	if err := takeParams(dc, &cfg); err != nil || cfg.ReadOnlyVote {
+		t.Errorf("threepc_read_only_vote=false: cfg = %+v, %v; want the vote off", cfg, err)
+	}
+	dc, _ = ParseURL("mysql://u@127.0.0.1/db")
+	if err := takeParams(dc, &cfg); err != nil || cfg.ReadOnlyVote {
+		t.Errorf("no parameter: cfg = %+v, %v; want the vote off (the default)", cfg, err)
 	}
 	dc, _ = ParseURL("mysql://u@127.0.0.1/db?threepc_read_only_vote=maybe")
 	if err := takeParams(dc, &cfg); err == nil {
