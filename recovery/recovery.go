@@ -137,8 +137,11 @@ func WithNamespace(ns string) Option {
 	})
 }
 
-// WithScanDeadline sets how long a scan may run and still fence (default
-// DefaultScanDeadline). It must be far shorter than the retention.
+// WithScanDeadline sets how long a scan may run (default
+// DefaultScanDeadline): it fences only before that deadline, and its
+// database calls are cancelled at it (the listings at a quarter of it
+// each, so that one hung database is reported unreachable and the others
+// are still resolved). It must be far shorter than the retention.
 func WithScanDeadline(d time.Duration) Option {
 	return optionFunc(func(o *options) error {
 		if d <= 0 {
@@ -353,21 +356,32 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	// committed (the decision needs every branch prepared first). The other
 	// order could take a branch committed after the listing for one that
 	// never existed, and collect a marker that a prepared branch needs.
+	//
+	// A scan is bounded by its deadline on the wall clock too, so that a
+	// database that hangs (no answer, no reset) cannot stall the recovery
+	// of every other: each listing phase gets a quarter of it, and a
+	// resource that does not answer in time is reported unreachable.
+	ctx, cancel := context.WithTimeout(ctx, s.opts.deadline)
+	defer cancel()
 	fs := make([]found, len(names))
+	lctx, lcancel := context.WithTimeout(ctx, s.opts.deadline/4)
 	s.each(len(names), func(i int) {
 		n := names[i]
-		octx, op := s.tel.Op(ctx, tracing.OpListMarkers, s.res[n])
+		octx, op := s.tel.Op(lctx, tracing.OpListMarkers, s.res[n])
 		fs[i].markers, fs[i].err = s.res[n].ListMarkers(octx)
 		op.End(fs[i].err)
 	})
+	lcancel()
+	lctx, lcancel = context.WithTimeout(ctx, s.opts.deadline/4)
 	s.each(len(names), func(i int) {
 		n := names[i]
 		if fs[i].err == nil {
-			octx, op := s.tel.Op(ctx, tracing.OpRecover, s.res[n])
+			octx, op := s.tel.Op(lctx, tracing.OpRecover, s.res[n])
 			fs[i].prepared, fs[i].err = s.res[n].Recover(octx)
 			op.End(fs[i].err)
 		}
 	})
+	lcancel()
 	txs := map[string]*TxReport{}
 	get := func(g string) *TxReport {
 		t, ok := txs[g]
