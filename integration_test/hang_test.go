@@ -35,6 +35,7 @@ const (
 type hangPhase struct {
 	name string
 	fp   txmanager.Failpoint // "" for the work phase: the hang starts between two statements
+	llr  bool                // logging last resource: the primary commits one-phase with its decision row
 	// abs bounds Run's duration from its start (0: no absolute bound);
 	// after bounds it from the moment of the hang.
 	abs, after func(victimIsPrimary bool) time.Duration
@@ -83,6 +84,17 @@ func hangPhases() []hangPhase {
 			},
 		},
 		{
+			// Logging last resource, the primary hanging: its commit (the
+			// decision) waits until the decision deadline, then the
+			// coordinator's self-fence until one more decide timeout: in
+			// doubt, or aborted if the fence got in. The held COMMIT and
+			// fence arrive together at the heal; the gtid's primary key
+			// lets one of them win.
+			name: "decide-llr", fp: txmanager.BeforeDecide, llr: true,
+			abs: func(bool) time.Duration { return hangTimeout + 2*hangDecide }, after: none,
+			want: func(bool) []outcome { return []outcome{outInDoubt, outAborted} },
+		},
+		{
 			name: "precommit", fp: txmanager.BeforePreCommit, abs: none,
 			after: func(bool) time.Duration { return 2 * hangCommit },
 			want:  func(bool) []outcome { return []outcome{outPending} },
@@ -122,7 +134,8 @@ func proxied(t *testing.T, p part) (*faultproxy.Proxy, resource.Resource) {
 
 // TestHangingConnections makes the connections to one database hang (no
 // reset: bytes held or dropped, in one direction or both) during each
-// phase of a 3PC transaction, and checks that every timeout fires within
+// phase of a 3PC transaction (and of the logging-last-resource decision),
+// and checks that every timeout fires within
 // its bound, that the outcome reported is the real one once recovery has
 // run, and that recovery leaves nothing behind. Held bytes are delivered
 // when the fault heals, after the coordinator gave up on them: the late
@@ -146,6 +159,9 @@ func TestHangingConnections(t *testing.T) {
 	var cases []hangCase
 	for _, ph := range hangPhases() {
 		for victim := range ps {
+			if ph.llr && victim != 0 {
+				continue // only the primary's hang matters to the last resource
+			}
 			rotated := dirs[i%3]
 			cases = append(cases, hangCase{ph, victim, rotated, i%2 == 1})
 			i++
@@ -267,7 +283,7 @@ func runHangCase(t *testing.T, ps []part, ph hangPhase, victim int, dir faultpro
 	m, err := txmanager.New(rs, txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithFailpoints(hook),
 		txmanager.WithTimeout(hangTimeout), txmanager.WithDecideTimeout(hangDecide),
 		txmanager.WithCommitTimeout(hangCommit), txmanager.WithCleanupTimeout(hangCleanup),
-		txmanager.WithLogger(quiet))
+		txmanager.WithLastResource(ph.llr), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
