@@ -310,31 +310,7 @@ func runBacklogTransfers(t *testing.T, managers []*txmanager.Manager, rs []resou
 func checkBacklogBank(t *testing.T, w *workload, rs []resource.Resource) {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
-	ledgers := make([]map[string]bool, len(rs))
-	total := 0
-	for i, r := range rs {
-		ledgers[i] = map[string]bool{}
-		rows, err := r.DB().QueryContext(ctx, "SELECT id FROM ledger")
-		if err != nil {
-			t.Fatalf("ledger of %s: %v", r.Name(), err)
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			ledgers[i][id] = true
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		rows.Close()
-		var sum int
-		if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&sum); err != nil {
-			t.Fatal(err)
-		}
-		total += sum
-	}
+	ledgers, total := readLedgers(t, ctx, rs)
 	var wrong []string
 	for id, o := range w.outcomes {
 		a, b := ledgers[0][id], ledgers[1][id]

@@ -190,31 +190,7 @@ func (w *workload) summary() string {
 func checkBank(t *testing.T, w *workload, rs []resource.Resource) (mixedGTIDs []string) {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
-	ledgers := make([]map[string]bool, len(rs))
-	total := 0
-	for i, r := range rs {
-		ledgers[i] = map[string]bool{}
-		rows, err := r.DB().QueryContext(ctx, "SELECT id FROM ledger")
-		if err != nil {
-			t.Fatalf("ledger of %s: %v", r.Name(), err)
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				t.Fatal(err)
-			}
-			ledgers[i][id] = true
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		rows.Close()
-		var sum int
-		if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&sum); err != nil {
-			t.Fatal(err)
-		}
-		total += sum
-	}
+	ledgers, total := readLedgers(t, ctx, rs)
 	for id := range ledgers[0] {
 		if !ledgers[1][id] {
 			mixedGTIDs = append(mixedGTIDs, w.gtids[id])
@@ -254,4 +230,35 @@ func checkBank(t *testing.T, w *workload, rs []resource.Resource) (mixedGTIDs []
 	checkClean(t, ctx, rs)
 	t.Logf("transfers: %s; %d in the ledgers; total balance %d", w.summary(), len(ledgers[0]), total)
 	return mixedGTIDs
+}
+
+// readLedgers reads every resource's ledger ids and the total balance of
+// its accounts.
+func readLedgers(t *testing.T, ctx context.Context, rs []resource.Resource) (ledgers []map[string]bool, total int) {
+	t.Helper()
+	ledgers = make([]map[string]bool, len(rs))
+	for i, r := range rs {
+		ledgers[i] = map[string]bool{}
+		rows, err := r.DB().QueryContext(ctx, "SELECT id FROM ledger")
+		if err != nil {
+			t.Fatalf("ledger of %s: %v", r.Name(), err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			ledgers[i][id] = true
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		var sum int
+		if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&sum); err != nil {
+			t.Fatal(err)
+		}
+		total += sum
+	}
+	return ledgers, total
 }
