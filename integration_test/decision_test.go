@@ -266,13 +266,7 @@ func staleFence(t *testing.T, ps []part, protocol txmanager.Protocol, llr bool, 
 		t.Fatal(err)
 	}
 	var gtid string
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx, insertEverywhere(coordRs, key, &gtid)) }()
-	select {
-	case <-paused:
-	case err := <-done:
-		t.Fatalf("coordinator finished (%v) without reaching %s", err, txmanager.BeforeDecide)
-	}
+	done := runPaused(t, ctx, m, coordRs, key, &gtid, paused, txmanager.BeforeDecide)
 	rs := openAll(t, ps)
 	var cerr error
 	var gateOnce sync.Once
@@ -388,13 +382,7 @@ func stalePrimaryListing(t *testing.T, ps []part, llr bool, key string) []string
 		t.Fatal(err)
 	}
 	var gtid string
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx, insertEverywhere(coordRs, key, &gtid)) }()
-	select {
-	case <-atDecide:
-	case err := <-done:
-		t.Fatalf("coordinator finished (%v) without reaching %s", err, txmanager.BeforeDecide)
-	}
+	done := runPaused(t, ctx, m, coordRs, key, &gtid, atDecide, txmanager.BeforeDecide)
 	rs := openAll(t, ps)
 	var onceList sync.Once
 	stale := staleListResource{Resource: rs[0], afterList: func() {
@@ -419,4 +407,19 @@ func stalePrimaryListing(t *testing.T, ps []part, llr bool, key string) []string
 	close(finish)
 	cerr := <-done
 	return judge(t, rs, key, gtid, cerr, rep.Transactions)
+}
+
+// runPaused runs a transaction inserting key everywhere in the background
+// and waits until its failpoint hook closes paused at where; it fails the
+// test if the transaction ends first. The outcome arrives on done.
+func runPaused(t *testing.T, ctx context.Context, m *txmanager.Manager, rs []resource.Resource, key string, gtid *string, paused <-chan struct{}, where txmanager.Failpoint) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, insertEverywhere(rs, key, gtid)) }()
+	select {
+	case <-paused:
+	case err := <-done:
+		t.Fatalf("coordinator finished (%v) without reaching %s", err, where)
+	}
+	return done
 }

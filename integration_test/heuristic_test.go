@@ -78,13 +78,7 @@ func outsideRollback(t *testing.T, ps []part, protocol txmanager.Protocol, llr b
 		t.Fatal(err)
 	}
 	var gtid string
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx, insertEverywhere(coordRs, key, &gtid)) }()
-	select {
-	case <-paused:
-	case err := <-done:
-		t.Fatalf("coordinator finished (%v) without reaching %s", err, target)
-	}
+	done := runPaused(t, ctx, m, coordRs, key, &gtid, paused, target)
 	if err := rollBackOutside(ctx, ps[victim], gtid); err != nil {
 		close(release)
 		<-done
