@@ -23,7 +23,7 @@ var errCrash = errors.New("crash")
 func crashedTx(t *testing.T, w *memres.World, clock *memres.Clock, proto txmanager.Protocol, fp txmanager.Failpoint) string {
 	t.Helper()
 	coord := w.NewProc("coord")
-	m, err := txmanager.New(coord.Resources(), txmanager.WithClock(clock), txmanager.WithLogger(quiet),
+	m, err := txmanager.New(coord.Resources(), txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithClock(clock), txmanager.WithLogger(quiet),
 		txmanager.WithProtocol(proto), txmanager.WithCommitTimeout(100*time.Millisecond),
 		txmanager.WithFailpoints(func(_ context.Context, got txmanager.Failpoint, _, _ string) error {
 			if got == fp {

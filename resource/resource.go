@@ -206,3 +206,22 @@ type PreparedBranch struct {
 type MarkerCommitter interface {
 	CommitWithMarker(ctx context.Context, m Marker) error
 }
+
+// MarkerBatcher is an optional Resource ability, found by type assertion:
+// many marker rows in one statement, the coordinator's group commit of
+// the decision and pre-commit rows of concurrent transactions.
+//
+// InsertMarkers inserts ms, whose gtids are distinct, in one statement.
+// Each row is a compare-and-set on its gtid, as for InsertMarker, except
+// that a row already there is not an error: states[i] is the state of
+// ms[i].GTID's marker row once the statement is done, so it equals
+// ms[i].State when ms[i] went in or a row in that state was there before,
+// and is the other row's state otherwise. The statement is atomic: an
+// error means that no row went in (a refusal) or, when it is a connection
+// error, that the outcome of every row is unknown, each to be resolved as
+// after InsertMarker's. A resource whose server cannot answer per row
+// returns an error wrapping ErrUnsupported without touching the
+// database.
+type MarkerBatcher interface {
+	InsertMarkers(ctx context.Context, ms []Marker) (states []MarkerState, err error)
+}

@@ -211,6 +211,12 @@ func (t *Txn) Phase(ctx context.Context, p Phase) (context.Context, PhaseSpan) {
 	if t.c == nil {
 		return ctx, PhaseSpan{}
 	}
+	if t.span == nil || !t.span.IsRecording() {
+		// Not sampled (or no SDK): the phase's span would not be either,
+		// with the parent-based samplers OpenTelemetry recommends; skip
+		// it, and the allocations of a span nobody records.
+		return ctx, PhaseSpan{c: t.c, phase: p, start: time.Now()}
+	}
 	ctx = t.Context(ctx)
 	ctx, span := t.c.start(ctx, phaseSpanNames[p], internalSpan)
 	return ctx, PhaseSpan{c: t.c, span: span, phase: p, start: time.Now()}

@@ -187,13 +187,14 @@ const (
 	OpCommitWithMarker                  // resource.MarkerCommitter (logging last resource)
 	OpTombstone                         // Resource.Tombstone
 	OpCommitted                         // Resource.Committed (reading a branch's evidence)
+	OpInsertMarkers                     // resource.MarkerBatcher (a batch of marker rows)
 	numOps
 )
 
 var opNames = [numOps]string{
 	"begin", "prepare", "commit", "commit_prepared", "commit_one_phase", "rollback",
 	"rollback_prepared", "insert_marker", "read_marker", "list_markers", "delete_markers", "recover",
-	"commit_with_marker", "tombstone", "committed",
+	"commit_with_marker", "tombstone", "committed", "insert_markers",
 }
 
 var opSpanNames = func() (s [numOps]string) {
@@ -374,6 +375,12 @@ type OpSpan struct {
 // span in ctx. The caller passes the returned context to the call, so that
 // a driver's own instrumentation nests under it.
 func (b *base) startOp(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
+	if b.tracer == nil || !trace.SpanFromContext(ctx).IsRecording() {
+		// A database call is always a child of a transaction's or a
+		// scan's span: unsampled there, unsampled here (parent-based
+		// sampling), so no span at all.
+		return ctx, OpSpan{}
+	}
 	ctx, span := b.start(ctx, opSpanNames[op], clientSpan)
 	if span == nil {
 		return ctx, OpSpan{}

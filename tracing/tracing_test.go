@@ -89,7 +89,11 @@ func (r fakeRes) DB() *sql.DB           { return nil }
 func TestOpSpanAttributes(t *testing.T) {
 	tp, rec := tt.NewTracer(t)
 	c := tracing.NewCoordinator(tp, metricnoop.NewMeterProvider(), "3pc")
-	ctx := context.Background()
+	// Database calls are spans only under a recording parent (the
+	// transaction's or the scan's).
+	tx := c.Start(context.Background(), "g")
+	defer tx.End(tracing.OutcomeCommitted, nil)
+	ctx := tx.Context(context.Background())
 	resources := []fakeRes{
 		{name: "orders", system: "postgresql", addr: "127.0.0.1:5433", db: "shop"},
 		{name: "billing", system: "mysql", addr: "[::1]:3307"},

@@ -242,9 +242,7 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 			return &InDoubtError{GTID: tx.gtid, Primary: tx.primary, Err: errors.Join(lastErr, err)}
 		}
 		ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-		octx, op := m.tel.Op(ictx, tracing.OpInsertMarker, primary)
-		err := primary.InsertMarker(octx, marker)
-		op.End(err)
+		err := m.insertMarker(ictx, primary, marker)
 		if errors.Is(err, resource.ErrMarkerExists) {
 			var row resource.Marker
 			octx, op := m.tel.Op(ictx, tracing.OpReadMarker, primary)
@@ -357,9 +355,7 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 		if err := m.failpoint(cctx, BeforePreCommit, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(cctx, tracing.OpInsertMarker, b.res)
-		err := b.res.InsertMarker(octx, marker)
-		op.End(err)
+		err := m.insertMarker(cctx, b.res, marker)
 		if err != nil && !errors.Is(err, resource.ErrMarkerExists) {
 			return err
 		}

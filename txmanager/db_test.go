@@ -176,7 +176,10 @@ func transfer(ctx context.Context, tx *txmanager.Tx, from, to resource.Resource,
 
 func newManager(t *testing.T, rs []resource.Resource, opts ...txmanager.Option) *txmanager.Manager {
 	t.Helper()
-	m, err := txmanager.New(rs, append([]txmanager.Option{txmanager.WithLogger(quietLog)}, opts...)...)
+	// The tests here check the marker rows as soon as Commit returns:
+	// synchronous clean-up, unless a test asks for the default.
+	base := []txmanager.Option{txmanager.WithLogger(quietLog), txmanager.WithAsyncCleanup(false)}
+	m, err := txmanager.New(rs, append(base, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,12 +194,18 @@ func TestBankTransfers(t *testing.T) {
 		name string
 		opts []txmanager.Option
 	}{
-		{"3pc", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC)}},
-		{"2pc", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}},
-		{"3pc+llr+async", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC),
-			txmanager.WithLastResource(true), txmanager.WithAsyncCleanup(true)}},
-		{"2pc+llr+async", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC),
-			txmanager.WithLastResource(true), txmanager.WithAsyncCleanup(true)}},
+		// The defaults: logging last resource, batched marker rows,
+		// asynchronous clean-up (flushed by Close below).
+		{"3pc", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithAsyncCleanup(true)}},
+		{"2pc", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC), txmanager.WithAsyncCleanup(true)}},
+		// Batched decisions without logging last resource.
+		{"3pc-nollr", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithLastResource(false)}},
+		{"2pc-nollr", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC), txmanager.WithLastResource(false)}},
+		// Every optimization off.
+		{"3pc-plain", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC),
+			txmanager.WithLastResource(false), txmanager.WithBatching(false)}},
+		{"2pc-plain", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC),
+			txmanager.WithLastResource(false), txmanager.WithBatching(false)}},
 	}
 	for _, v := range variants {
 		proto := v.name

@@ -11,10 +11,15 @@ type Failpoint string
 // once per branch with the branch's resource name; the others with the
 // primary's.
 const (
-	BeforePrepare   Failpoint = "before-prepare"   // per branch, before its vote
-	AfterPrepare    Failpoint = "after-prepare"    // per branch, after a successful vote
-	BeforeDecide    Failpoint = "before-decide"    // every branch prepared, before the commit point
-	AfterDecide     Failpoint = "after-decide"     // the precommit row at the primary is in
+	BeforePrepare Failpoint = "before-prepare" // per branch, before its vote
+	AfterPrepare  Failpoint = "after-prepare"  // per branch, after a successful vote
+	BeforeDecide  Failpoint = "before-decide"  // every branch prepared, before the commit point
+	AfterDecide   Failpoint = "after-decide"   // the precommit row at the primary is in
+	// AfterBatch: a batch of marker rows (WithBatching: decision or
+	// pre-commit rows of one or more transactions) is in, its answers not
+	// yet handed out. gtid is the batch's gtids, comma-separated; resource
+	// the batch's. An error injected here is a lost answer.
+	AfterBatch      Failpoint = "after-batch"
 	BeforePreCommit Failpoint = "before-precommit" // 3PC, per non-primary participant
 	AfterPreCommit  Failpoint = "after-precommit"  // 3PC, per non-primary participant
 	BeforeCommit    Failpoint = "before-commit"    // per branch
@@ -28,7 +33,7 @@ const (
 
 // Failpoints lists the catalogue in protocol order.
 var Failpoints = []Failpoint{
-	BeforePrepare, AfterPrepare, BeforeDecide, AfterDecide,
+	BeforePrepare, AfterPrepare, BeforeDecide, AfterBatch, AfterDecide,
 	BeforePreCommit, AfterPreCommit, BeforeCommit, AfterCommit,
 	BeforeCleanup, AfterCleanup, BeforeRollback, AfterRollback, BeforeOnePhase,
 }

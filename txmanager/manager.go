@@ -43,6 +43,9 @@ type Manager struct {
 	opts    options
 	tel     *tracing.Coordinator
 	cleaner *cleaner // nil unless WithAsyncCleanup
+	// batchers group the marker inserts per resource (WithBatching); a
+	// resource without one inserts one row at a time.
+	batchers map[string]*markerBatcher
 }
 
 // New returns a manager over resources, whose names must be unique. It
@@ -64,6 +67,9 @@ func New(resources []resource.Resource, opts ...Option) (*Manager, error) {
 		m.res[r.Name()] = r
 	}
 	m.tel = newTelemetry(m.opts)
+	if m.opts.batching {
+		m.batchers = newMarkerBatchers(m)
+	}
 	if m.opts.asyncCleanup {
 		m.cleaner = newCleaner(m)
 		m.cleaner.pause = m.opts.pauseCleaner

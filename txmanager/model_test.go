@@ -104,6 +104,7 @@ type scenario struct {
 	crashK   int                 // crash at the crashK-th occurrence (1-based)
 	llr      *bool               // logging last resource; nil = draw
 	async    *bool               // asynchronous clean-up that never runs (left to recovery); nil = draw
+	batch    *bool               // marker rows through the batcher (WithBatching); nil = draw
 	faults   bool                // draw faults for the operations of the coordinator and of the scans
 	pauses   bool                // draw what happens at the coordinator's steps (scans, clock jumps, restarts, ...)
 	busy     bool                // pauses twice as often, faults half as often
@@ -174,6 +175,10 @@ func (sc scenario) run(c chooser) result {
 	async := c.Int("async-cleanup", 0, 1) == 1
 	if sc.async != nil {
 		async = *sc.async
+	}
+	batch := c.Int("batching", 0, 1) == 1
+	if sc.batch != nil {
+		batch = *sc.batch
 	}
 	names := make([]string, n)
 	writes := make([]bool, n)
@@ -357,7 +362,7 @@ func (sc scenario) run(c chooser) result {
 		}
 		switch {
 		case op.Proc == "coord":
-			bounded := op.Kind == "commit-with-marker" || op.Kind == "insert-marker" && op.DB == names[0]
+			bounded := op.Kind == "commit-with-marker" || (op.Kind == "insert-marker" || op.Kind == "insert-markers") && op.DB == names[0]
 			coordStep("before "+op.Kind+"@"+op.DB, op.DB, false, bounded)
 		case strings.HasPrefix(op.Proc, "irec"):
 			// A scan parked between its fence deadline check and its
@@ -408,6 +413,7 @@ func (sc scenario) run(c chooser) result {
 		txmanager.WithProtocol(protocol),
 		txmanager.WithLastResource(llr),
 		txmanager.WithAsyncCleanup(async),
+		txmanager.WithBatching(batch),
 		txmanager.WithPausedCleaner(),
 		txmanager.WithClock(clock),
 		txmanager.WithTimeout(modelTimeout),

@@ -63,6 +63,7 @@ type options struct {
 	onePhase       bool
 	lastResource   bool
 	asyncCleanup   bool
+	batching       bool
 	pauseCleaner   bool // tests: async clean-up never runs
 	sequential     bool // fan out one branch at a time, in order (deterministic tests)
 	sleep          func(ctx context.Context, d time.Duration) error
@@ -83,6 +84,9 @@ func defaultOptions() options {
 		clock:          systemClock{},
 		logger:         slog.Default(),
 		onePhase:       true,
+		batching:       true,
+		lastResource:   true,
+		asyncCleanup:   true,
 		sleep:          sleep,
 	}
 }
@@ -222,4 +226,16 @@ func WithLastResource(on bool) Option {
 // Call Manager.Close at shutdown.
 func WithAsyncCleanup(on bool) Option {
 	return optionFunc(func(o *options) error { o.asyncCleanup = on; return nil })
+}
+
+// WithBatching switches the group commit of marker rows (default on):
+// the decision rows and pre-commit rows that concurrent transactions
+// insert at one resource go out as one statement
+// (resource.MarkerBatcher), sent as soon as the previous batch of that
+// resource returns; a transaction that finds no batch in flight sends its
+// row at once. Each row keeps its own compare-and-set answer. Resources
+// whose driver cannot batch (MySQL, which has no INSERT ... RETURNING)
+// insert one row at a time.
+func WithBatching(on bool) Option {
+	return optionFunc(func(o *options) error { o.batching = on; return nil })
 }

@@ -44,6 +44,12 @@ type traceWorld struct {
 	m     *txmanager.Manager
 }
 
+// plainProtocol switches the optimizations off: the span trees below are
+// the protocol's own steps (TestTracingDefaults shows the optimized one).
+var plainProtocol = []txmanager.Option{
+	txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithBatching(false),
+}
+
 func newTraceWorld(t testing.TB, n int, opts ...txmanager.Option) *traceWorld {
 	t.Helper()
 	names := make([]string, n)
@@ -61,7 +67,7 @@ func newTraceWorld(t testing.TB, n int, opts ...txmanager.Option) *traceWorld {
 		txmanager.WithCommitTimeout(2 * time.Second),
 		txmanager.WithSleep(func(_ context.Context, d time.Duration) error { w.clock.Advance(d); return nil }),
 	}
-	m, err := txmanager.New(w.coord.Resources(), append(base, opts...)...)
+	m, err := txmanager.New(w.coord.Resources(), append(append(base, plainProtocol...), opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +592,7 @@ func BenchmarkCommitTracingDB(b *testing.B) {
 		return nil
 	}
 	run := func(b *testing.B, opts ...txmanager.Option) {
-		m, err := txmanager.New([]resource.Resource{pg, maria}, append([]txmanager.Option{txmanager.WithLogger(quietLog)}, opts...)...)
+		m, err := txmanager.New([]resource.Resource{pg, maria}, append(append([]txmanager.Option{txmanager.WithLogger(quietLog)}, plainProtocol...), opts...)...)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -163,3 +163,61 @@ func (b *Branch) rollbackUnprepared(ctx context.Context) {
 	}
 	b.release()
 }
+
+// InsertMarkers inserts a batch of marker rows in one statement
+// (resource.MarkerBatcher) and returns the state of each gtid's row
+// afterwards. It needs MariaDB's INSERT ... RETURNING, which reports a
+// duplicate's existing row when ON DUPLICATE KEY UPDATE leaves it as it
+// is; MySQL has no RETURNING, so there it returns resource.ErrUnsupported
+// and the coordinator inserts one row at a time.
+func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]resource.MarkerState, error) {
+	v, err := r.serverVersion(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if v.system != "mariadb" {
+		return nil, fmt.Errorf("threepc/mysql: batched marker inserts need MariaDB's INSERT ... RETURNING: %w", resource.ErrUnsupported)
+	}
+	at := make(map[string]int, len(ms))
+	var sb strings.Builder
+	sb.WriteString(markerInsert)
+	for i, m := range ms {
+		if err := m.Validate(); err != nil {
+			return nil, fmt.Errorf("threepc/mysql: %w", err)
+		}
+		if _, dup := at[m.GTID]; dup {
+			return nil, fmt.Errorf("threepc/mysql: insert markers: gtid %s twice in one batch", m.GTID)
+		}
+		at[m.GTID] = i
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		markerValues(&sb, m)
+	}
+	sb.WriteString(" ON DUPLICATE KEY UPDATE state = state RETURNING gtid, state")
+	what := fmt.Sprintf("inserting %d markers", len(ms))
+	rows, err := r.db.QueryContext(ctx, sb.String())
+	if err != nil {
+		return nil, r.markerErr(what, err)
+	}
+	defer rows.Close()
+	states := make([]resource.MarkerState, len(ms))
+	for rows.Next() {
+		var gtid, state string
+		if err := rows.Scan(&gtid, &state); err != nil {
+			return nil, r.markerErr(what, err)
+		}
+		if i, ok := at[gtid]; ok {
+			states[i] = resource.MarkerState(state)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, r.markerErr(what, err)
+	}
+	for i, s := range states {
+		if s == "" {
+			return nil, fmt.Errorf("threepc/mysql: %s: no state returned for %s: %w", what, ms[i].GTID, resource.ErrUnreachable)
+		}
+	}
+	return states, nil
+}

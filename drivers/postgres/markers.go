@@ -280,3 +280,59 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 	}
 	return fmt.Errorf("%w: %w", resource.ErrPrepareRefused, mapped)
 }
+
+// insertMarkersSQL inserts a batch of marker rows given as arrays, one
+// statement text whatever the batch's size. A conflicting row is "updated"
+// to itself, so that RETURNING reports the state that is there.
+const insertMarkersSQL = "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) " +
+	"SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) " +
+	"ON CONFLICT (gtid, branch) DO UPDATE SET state = " + resource.MarkerTable + ".state RETURNING gtid, state"
+
+// InsertMarkers inserts a batch of marker rows in one statement
+// (resource.MarkerBatcher) and returns the state of each gtid's row
+// afterwards.
+func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]resource.MarkerState, error) {
+	cols := make([][]string, 6)
+	for i := range cols {
+		cols[i] = make([]string, len(ms))
+	}
+	at := make(map[string]int, len(ms))
+	for i, m := range ms {
+		if err := m.Validate(); err != nil {
+			return nil, fmt.Errorf("threepc/postgres: insert markers: %w", err)
+		}
+		if _, dup := at[m.GTID]; dup {
+			return nil, fmt.Errorf("threepc/postgres: insert markers: gtid %s twice in one batch", m.GTID)
+		}
+		at[m.GTID] = i
+		cols[0][i], cols[1][i], cols[2][i] = m.GTID, string(m.State), m.Primary
+		cols[3][i], cols[4][i], cols[5][i] = resource.JoinParticipants(m.Participants), m.Owner, m.Space
+	}
+	what := fmt.Sprintf("insert %d markers", len(ms))
+	rows, err := r.db.QueryContext(ctx, insertMarkersSQL, cols[0], cols[1], cols[2], cols[3], cols[4], cols[5])
+	if err != nil {
+		return nil, r.markerError(what, err)
+	}
+	defer rows.Close()
+	states := make([]resource.MarkerState, len(ms))
+	for rows.Next() {
+		var gtid, state string
+		if err := rows.Scan(&gtid, &state); err != nil {
+			return nil, r.markerError(what, err)
+		}
+		if i, ok := at[gtid]; ok {
+			states[i] = resource.MarkerState(state)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, r.markerError(what, err)
+	}
+	for i, s := range states {
+		if s == "" {
+			// Every row is inserted or returned: a missing one means the
+			// answer is not what the statement promises.
+			return nil, fmt.Errorf("threepc/postgres: %s: no state returned for %s: %w", what, ms[i].GTID, resource.ErrUnreachable)
+		}
+	}
+	return states, nil
+}

@@ -86,9 +86,10 @@ func (f Fault) String() string {
 type Op struct {
 	Proc  string
 	DB    string
-	Kind  string // begin, exec, prepare, commit, rollback, one-phase, commit-with-marker, commit-prepared, rollback-prepared, read-evidence, recover, insert-marker, read-marker, list-markers, tombstone, delete-markers, check
+	Kind  string // begin, exec, prepare, commit, rollback, one-phase, commit-with-marker, commit-prepared, rollback-prepared, read-evidence, recover, insert-marker, insert-markers, read-marker, list-markers, tombstone, delete-markers, check
 	GTID  string
-	State resource.MarkerState // insert-marker, commit-with-marker
+	State resource.MarkerState // insert-marker, commit-with-marker; insert-markers: the first row's
+	Rows  int                  // insert-markers: the batch's size
 }
 
 func (o Op) String() string {
@@ -98,6 +99,9 @@ func (o Op) String() string {
 	}
 	if o.State != "" {
 		s += " " + string(o.State)
+	}
+	if o.Rows > 0 {
+		s += fmt.Sprintf(" (%d rows)", o.Rows)
 	}
 	return s
 }
@@ -530,6 +534,43 @@ func (r *res) InsertMarker(_ context.Context, m resource.Marker) error {
 	return r.p.do(Op{DB: r.name, Kind: "insert-marker", GTID: m.GTID, State: m.State}, func(d *db, _ Fault) error {
 		return r.p.w.insertMarker(d, m)
 	})
+}
+
+// InsertMarkers is the batched insert (resource.MarkerBatcher): one
+// atomic operation; a row already there is left as it is and its state
+// returned.
+func (r *res) InsertMarkers(_ context.Context, ms []resource.Marker) ([]resource.MarkerState, error) {
+	seen := map[string]bool{}
+	for _, m := range ms {
+		if err := m.Validate(); err != nil {
+			return nil, err
+		}
+		if seen[m.GTID] {
+			return nil, fmt.Errorf("memres: gtid %s twice in one batch", m.GTID)
+		}
+		seen[m.GTID] = true
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	states := make([]resource.MarkerState, len(ms))
+	err := r.p.do(Op{DB: r.name, Kind: "insert-markers", GTID: ms[0].GTID, State: ms[0].State, Rows: len(ms)}, func(d *db, _ Fault) error {
+		for i, m := range ms {
+			if row, ok := d.markers[m.GTID]; ok {
+				states[i] = row.State
+				continue
+			}
+			if err := r.p.w.insertMarker(d, m); err != nil {
+				return err
+			}
+			states[i] = m.State
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return states, nil
 }
 
 // read returns a marker row as a reader sees it: its age by the

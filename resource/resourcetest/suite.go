@@ -776,6 +776,95 @@ func testMarkers(t *testing.T, target Target) {
 		wantMarkers(t, ctx, r, rest)
 	})
 
+	t.Run("Batch", func(t *testing.T) {
+		mb, ok := r.(resource.MarkerBatcher)
+		if !ok {
+			t.Skipf("%T does not batch marker rows (optional)", r)
+		}
+		fenced := resource.Marker{GTID: NewGTID(), State: resource.StateAbort, Primary: r.Name(), Participants: []string{r.Name()}, Owner: "recovery"}
+		if err := r.InsertMarker(ctx, fenced); err != nil {
+			t.Fatalf("InsertMarker: %v", err)
+		}
+		row := func(state resource.MarkerState) resource.Marker {
+			return resource.Marker{GTID: NewGTID(), State: state, Primary: r.Name(), Participants: participants, Owner: "batch", Space: resource.SpaceTag("resourcetest")}
+		}
+		fresh := []resource.Marker{row(resource.StatePreCommit), row(resource.StatePreCommit), row(resource.StateAbort)}
+		late := fenced
+		late.State, late.Owner = resource.StatePreCommit, "late-coordinator"
+		batch := append(slices.Clone(fresh), m, late)
+		states, err := mb.InsertMarkers(ctx, batch)
+		if errors.Is(err, resource.ErrUnsupported) {
+			t.Logf("InsertMarkers unsupported on this server: %v", err)
+			for _, f := range fresh {
+				if _, err := r.ReadMarker(ctx, f.GTID); !errors.Is(err, resource.ErrNoMarker) {
+					t.Errorf("an unsupported InsertMarkers wrote %s: %v", f.GTID, err)
+				}
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("InsertMarkers: %v", err)
+		}
+		want := []resource.MarkerState{resource.StatePreCommit, resource.StatePreCommit, resource.StateAbort, resource.StatePreCommit, resource.StateAbort}
+		if !slices.Equal(states, want) {
+			t.Errorf("InsertMarkers states = %v, want %v (a row already there keeps its state)", states, want)
+		}
+		for _, f := range fresh {
+			got, err := r.ReadMarker(ctx, f.GTID)
+			if err != nil {
+				t.Fatalf("ReadMarker of a batched row: %v", err)
+			}
+			checkMarker(t, got, f, "after InsertMarkers")
+		}
+		for _, old := range []resource.Marker{m, fenced} {
+			got, err := r.ReadMarker(ctx, old.GTID)
+			if err != nil {
+				t.Fatalf("ReadMarker: %v", err)
+			}
+			checkMarker(t, got, old, "a row already there, after InsertMarkers")
+		}
+		// A batch with an invalid row is refused whole.
+		bad := []resource.Marker{row(resource.StatePreCommit), {GTID: NewGTID(), State: "maybe", Primary: r.Name(), Participants: []string{r.Name()}}}
+		if _, err := mb.InsertMarkers(ctx, bad); !errors.Is(err, resource.ErrInvalidID) {
+			t.Errorf("InsertMarkers with an invalid row: err = %v, want ErrInvalidID", err)
+		}
+		if _, err := r.ReadMarker(ctx, bad[0].GTID); !errors.Is(err, resource.ErrNoMarker) {
+			t.Errorf("a refused batch wrote its valid row: %v", err)
+		}
+		// A batch racing single inserts of its gtids: each gtid ends with
+		// exactly one row, and the batch reports the winner's state.
+		race := []resource.Marker{row(resource.StatePreCommit), row(resource.StatePreCommit)}
+		single := make(chan error, len(race))
+		start := make(chan struct{})
+		for _, rm := range race {
+			go func() {
+				<-start
+				fence := rm
+				fence.State, fence.Owner = resource.StateAbort, "fence"
+				single <- r.InsertMarker(ctx, fence)
+			}()
+		}
+		close(start)
+		states, err = mb.InsertMarkers(ctx, race)
+		if err != nil {
+			t.Fatalf("InsertMarkers racing fences: %v", err)
+		}
+		for range race {
+			if err := <-single; err != nil && !errors.Is(err, resource.ErrMarkerExists) {
+				t.Errorf("fence racing a batch: %v", err)
+			}
+		}
+		for i, rm := range race {
+			got, err := r.ReadMarker(ctx, rm.GTID)
+			if err != nil {
+				t.Fatalf("ReadMarker: %v", err)
+			}
+			if got.State != states[i] {
+				t.Errorf("batch said %s holds %s, the row is %s", rm.GTID, states[i], got.State)
+			}
+		}
+	})
+
 	t.Run("ConcurrentInsert", func(t *testing.T) {
 		const n = 8
 		gtid := NewGTID()
