@@ -93,7 +93,7 @@ func TestRecoveryBacklogWithDatabaseRestarts(t *testing.T) {
 	coordRs := openAll(t, ps)
 	var managers []*txmanager.Manager
 	for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-		m, err := txmanager.New(coordRs, txmanager.WithProtocol(p), txmanager.WithFailpoints(hook),
+		m, err := txmanager.New(coordRs, txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithProtocol(p), txmanager.WithFailpoints(hook),
 			txmanager.WithTimeout(5*time.Second), txmanager.WithDecideTimeout(2*time.Second),
 			txmanager.WithCommitTimeout(3*time.Second), txmanager.WithLogger(quiet))
 		if err != nil {

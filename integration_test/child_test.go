@@ -32,7 +32,7 @@ const (
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
 	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
-	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, ro (MariaDB's read-only vote, off by default)
+	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, batch, ro (MariaDB's read-only vote, off by default); the others are off unless named
 )
 
 // errInjected is the failure injected into the vote of THREEPC_IT_REFUSE.
@@ -100,6 +100,7 @@ func TestHelperCoordinator(t *testing.T) {
 		txmanager.WithLogger(quiet),
 		txmanager.WithLastResource(optimized["llr"]),
 		txmanager.WithAsyncCleanup(optimized["async"]),
+		txmanager.WithBatching(optimized["batch"]),
 	)
 	if err != nil {
 		t.Fatalf("child: %v", err)

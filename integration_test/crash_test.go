@@ -47,11 +47,15 @@ func crashCases(protocol txmanager.Protocol, n int) []crashCase {
 	}
 	cs = append(cs,
 		crashCase{fp: txmanager.BeforeDecide, k: 1, minPrepared: n},
+		// The decision row's batch is in, its answer not yet handed out.
+		crashCase{fp: txmanager.AfterBatch, k: 1, commit: true, minPrepared: n, minMarkers: 1},
 		crashCase{fp: txmanager.AfterDecide, k: 1, commit: true, minPrepared: n, minMarkers: 1})
 	if protocol == txmanager.ThreePC {
 		for k := 1; k < n; k++ {
 			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: n, minMarkers: 1 + k})
 		}
+		// The pre-commit rows' batches (one per other participant).
+		cs = append(cs, crashCase{fp: txmanager.AfterBatch, k: n, commit: true, minPrepared: n, minMarkers: 2})
 	}
 	for k := 1; k <= n; k++ {
 		cs = append(cs, crashCase{fp: txmanager.AfterCommit, k: k, commit: true, minMarkers: 1})
@@ -82,6 +86,9 @@ func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
 	if protocol == txmanager.ThreePC {
 		for k := 1; k < n; k++ {
 			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: n - 1, minMarkers: 1 + k})
+			// The decision is in the primary's commit: the batches are
+			// the pre-commit rows'.
+			cs = append(cs, crashCase{fp: txmanager.AfterBatch, k: k, commit: true, minPrepared: n - 1, minMarkers: 1 + k})
 		}
 	}
 	for k := 1; k < n; k++ {
@@ -93,14 +100,15 @@ func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
 	)
 }
 
-// TestCrashMatrixOptimized is the crash matrix with every opt-in switched
-// on at once: logging last resource, asynchronous clean-up, and MariaDB's
-// read-only vote (its status queries run around every branch; the
-// branches write, so they vote prepared). TestCrashMatrix runs the
-// defaults, the vote off. (MariaDB branches always stay on their session
-// now: the detached mode is gone.)
+// TestCrashMatrixOptimized is the crash matrix with the defaults
+// (logging last resource, batched marker rows, asynchronous clean-up)
+// and the one opt-in, MariaDB's read-only vote (its status queries run
+// around every branch; the branches write, so they vote prepared).
+// TestCrashMatrix runs batched marker rows alone, without logging last
+// resource: the decision rows go through the batcher. (MariaDB branches
+// always stay on their session now: the detached mode is gone.)
 func TestCrashMatrixOptimized(t *testing.T) {
-	runMatrix(t, "co", crashCasesLastResource, "llr,async,ro")
+	runMatrix(t, "co", crashCasesLastResource, "llr,async,batch,ro")
 }
 
 // crashParts makes the participants of a matrix group: PostgreSQL (the
@@ -122,7 +130,7 @@ func crashParts(t *testing.T, prefix string, n int) []part {
 // the transaction ended all-committed or all-rolled-back as PROTOCOL.md
 // prescribes, with nothing prepared and no marker left but the fence's
 // abort row, which a scan past the retention period collects.
-func TestCrashMatrix(t *testing.T) { runMatrix(t, "cm", crashCases, "") }
+func TestCrashMatrix(t *testing.T) { runMatrix(t, "cm", crashCases, "batch") }
 
 // runMatrix runs cases for 2 and 3 participants and both protocols, each
 // group on databases of its own, in parallel.

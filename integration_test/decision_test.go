@@ -238,7 +238,7 @@ func llrLostAnswer(t *testing.T, ps []part, protocol txmanager.Protocol, _ bool,
 			t.Logf("the scans left %d branches of %s prepared: the script's interleaving did not happen", n, mk.GTID)
 		}
 	}}
-	m, err := txmanager.New([]resource.Resource{lost, coordRs[1]}, txmanager.WithProtocol(protocol),
+	m, err := txmanager.New([]resource.Resource{lost, coordRs[1]}, txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithProtocol(protocol),
 		txmanager.WithLastResource(true), txmanager.WithTimeout(10*time.Second), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +260,7 @@ func staleFence(t *testing.T, ps []part, protocol txmanager.Protocol, llr bool, 
 		}
 		return nil
 	}
-	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithLastResource(llr),
+	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithLastResource(llr), txmanager.WithAsyncCleanup(false),
 		txmanager.WithFailpoints(hook), txmanager.WithTimeout(10*time.Second), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -376,7 +376,7 @@ func stalePrimaryListing(t *testing.T, ps []part, llr bool, key string) []string
 		}
 		return nil
 	}
-	m, err := txmanager.New(coordRs, txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithLastResource(llr),
+	m, err := txmanager.New(coordRs, txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithLastResource(llr), txmanager.WithAsyncCleanup(false),
 		txmanager.WithFailpoints(hook), txmanager.WithTimeout(10*time.Second), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)

@@ -35,6 +35,7 @@ func bankManagers(t *testing.T, rs []resource.Resource, extra ...txmanager.Optio
 	var ms []*txmanager.Manager
 	for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
 		opts := append([]txmanager.Option{txmanager.WithProtocol(p), txmanager.WithFailpoints(slow),
+			txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false),
 			txmanager.WithTimeout(3 * time.Second), txmanager.WithDecideTimeout(2 * time.Second),
 			txmanager.WithCommitTimeout(3 * time.Second), txmanager.WithCleanupTimeout(time.Second),
 			txmanager.WithLogger(quiet)}, extra...)

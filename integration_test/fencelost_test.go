@@ -74,7 +74,7 @@ func fenceLostThenCollect(t *testing.T, ps []part, protocol txmanager.Protocol) 
 		}
 		return nil
 	}
-	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithFailpoints(hook),
+	m, err := txmanager.New(coordRs, txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithProtocol(protocol), txmanager.WithFailpoints(hook),
 		txmanager.WithTimeout(20*time.Second), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)

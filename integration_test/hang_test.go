@@ -280,7 +280,7 @@ func runHangCase(t *testing.T, ps []part, ph hangPhase, victim int, dir faultpro
 		}
 		return nil
 	}
-	m, err := txmanager.New(rs, txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithFailpoints(hook),
+	m, err := txmanager.New(rs, txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithFailpoints(hook),
 		txmanager.WithTimeout(hangTimeout), txmanager.WithDecideTimeout(hangDecide),
 		txmanager.WithCommitTimeout(hangCommit), txmanager.WithCleanupTimeout(hangCleanup),
 		txmanager.WithLastResource(ph.llr), txmanager.WithLogger(quiet))

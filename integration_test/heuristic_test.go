@@ -71,7 +71,7 @@ func outsideRollback(t *testing.T, ps []part, protocol txmanager.Protocol, llr b
 		}
 		return nil
 	}
-	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithLastResource(llr),
+	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithLastResource(llr), txmanager.WithAsyncCleanup(false),
 		txmanager.WithFailpoints(hook), txmanager.WithTimeout(10*time.Second), txmanager.WithCommitTimeout(3*time.Second),
 		txmanager.WithLogger(quiet))
 	if err != nil {

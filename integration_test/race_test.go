@@ -68,7 +68,7 @@ func racePaused(t *testing.T, ps []part, coordRs []resource.Resource, protocol t
 		}
 		return nil
 	}
-	m, err := txmanager.New(coordRs, txmanager.WithProtocol(protocol), txmanager.WithFailpoints(hook),
+	m, err := txmanager.New(coordRs, txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false), txmanager.WithProtocol(protocol), txmanager.WithFailpoints(hook),
 		txmanager.WithTimeout(10*time.Second), txmanager.WithCommitTimeout(5*time.Second), txmanager.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
