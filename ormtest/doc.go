@@ -1,0 +1,5 @@
+// Package ormtest checks that threepc's branch handles (txmanager.Tx.DB)
+// work with query builders and ORMs, on real PostgreSQL and MariaDB
+// servers, inside real distributed transactions. It is a module of its
+// own so that the library's go.mod does not carry these dependencies.
+package ormtest
