@@ -4,7 +4,10 @@ go 1.26.0
 
 replace github.com/threepc/threepc => ../
 
-require github.com/threepc/threepc v0.0.0-00010101000000-000000000000
+require (
+	github.com/jmoiron/sqlx v1.4.0
+	github.com/threepc/threepc v0.0.0-00010101000000-000000000000
+)
 
 require (
 	filippo.io/edwards25519 v1.2.0 // indirect
