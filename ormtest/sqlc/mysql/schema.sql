@@ -1,0 +1,5 @@
+CREATE TABLE accounts (
+  id      BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  owner   VARCHAR(64) NOT NULL,
+  balance BIGINT NOT NULL
+);
