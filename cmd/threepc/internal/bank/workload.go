@@ -74,6 +74,9 @@ type Config struct {
 	// Namespace is the deployment's namespace (txmanager.WithNamespace),
 	// also used by the hand-written baseline's branch ids.
 	Namespace string
+	// Legs is how many databases one transfer touches (2 to the number
+	// of Resources). Default 2.
+	Legs int
 }
 
 // Workload runs transfers. It is safe for concurrent use.
@@ -88,9 +91,11 @@ type Workload struct {
 	space    string
 	outcomes *outcomeRecorder
 	mgr      *txmanager.Manager
-	phases   *phaseRecorder
-	names    []string
-	byName   map[string]resource.Resource
+	// hwCleaner settles the hand-written baseline's marker rows.
+	hwCleaner *hwCleaner
+	phases    *phaseRecorder
+	names     []string
+	byName    map[string]resource.Resource
 }
 
 // New reads the bank's layout from every database and prepares the
@@ -104,6 +109,12 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 	}
 	if cfg.MaxAmount <= 0 {
 		cfg.MaxAmount = 100
+	}
+	if cfg.Legs == 0 {
+		cfg.Legs = 2
+	}
+	if cfg.Legs < 2 || cfg.Legs > len(cfg.Resources) {
+		return nil, fmt.Errorf("threepc/bank: a transfer touches 2 to %d databases (the ones given), not %d", len(cfg.Resources), cfg.Legs)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -159,7 +170,9 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 			return nil, err
 		}
 		w.mgr = m
-	case Local, Handwritten:
+	case Handwritten:
+		w.hwCleaner = newHWCleaner(w)
+	case Local:
 	default:
 		return nil, fmt.Errorf("threepc/bank: unknown protocol %q", cfg.Protocol)
 	}
@@ -180,6 +193,9 @@ func (w *Workload) Close(ctx context.Context) error {
 	}
 	if w.mgr != nil {
 		err = errors.Join(err, w.mgr.Close(ctx))
+	}
+	if w.hwCleaner != nil {
+		w.hwCleaner.close()
 	}
 	return err
 }
@@ -243,23 +259,26 @@ type leg struct {
 	delta int64
 }
 
-// pick chooses a random transfer between two different databases.
-func (w *Workload) pick(rng *rand.Rand) (from, to leg) {
-	i := rng.IntN(len(w.names))
-	j := rng.IntN(len(w.names) - 1)
-	if j >= i {
-		j++
+// pick chooses a random transfer between Legs different databases: the
+// first leg pays what the others receive.
+func (w *Workload) pick(rng *rand.Rand) []leg {
+	n := w.cfg.Legs
+	order := rng.Perm(len(w.names))[:n]
+	legs := make([]leg, n)
+	var total int64
+	for i, k := range order[1:] {
+		amt := 1 + rng.Int64N(w.cfg.MaxAmount)
+		total += amt
+		legs[i+1] = leg{res: w.names[k], id: 1 + rng.Int64N(w.accounts[w.names[k]]), delta: amt}
 	}
-	amt := 1 + rng.Int64N(w.cfg.MaxAmount)
-	from = leg{res: w.names[i], id: 1 + rng.Int64N(w.accounts[w.names[i]]), delta: -amt}
-	to = leg{res: w.names[j], id: 1 + rng.Int64N(w.accounts[w.names[j]]), delta: amt}
-	return from, to
+	legs[0] = leg{res: w.names[order[0]], id: 1 + rng.Int64N(w.accounts[w.names[order[0]]]), delta: -total}
+	return legs
 }
 
 // Transfer moves a random amount between random accounts of two
 // different databases, with the workload's protocol.
 func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
-	from, to := w.pick(rng)
+	legs := w.pick(rng)
 	start := time.Now()
 	var (
 		res  Result
@@ -269,15 +288,15 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 	)
 	switch w.cfg.Protocol {
 	case Local:
-		t = newTransfer(ulid.Make().String(), from, to)
+		t = newTransfer(ulid.Make().String(), legs...)
 		err = w.local(ctx, t)
 	case Handwritten:
-		t = newTransfer(ulid.Make().String(), from, to)
+		t = newTransfer(ulid.Make().String(), legs...)
 		err = w.handwritten(ctx, t)
 	default:
 		err = w.mgr.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
 			gtid = tx.GTID()
-			t = newTransfer(gtid, from, to)
+			t = newTransfer(gtid, legs...)
 			if w.phases != nil {
 				w.phases.begin(gtid, start)
 			}
