@@ -24,11 +24,12 @@ import (
 
 // benchCell is one measured (protocol, concurrency) pair.
 type benchCell struct {
-	Protocol    string  `json:"protocol"`
-	Concurrency int     `json:"concurrency"`
-	Seconds     float64 `json:"seconds"`
-	Committed   int64   `json:"committed"`
-	Aborted     int64   `json:"aborted"`
+	Protocol     string  `json:"protocol"`
+	Participants int     `json:"participants"`
+	Concurrency  int     `json:"concurrency"`
+	Seconds      float64 `json:"seconds"`
+	Committed    int64   `json:"committed"`
+	Aborted      int64   `json:"aborted"`
 	// TimedOut counts the aborts caused by the transaction timeout (a
 	// distributed deadlock, or a server too slow): included in Aborted.
 	TimedOut      int64   `json:"aborted_by_timeout"`
@@ -160,6 +161,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		warmup      time.Duration
 		timeout     time.Duration
 		asJSON      bool
+		parts       string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -208,6 +210,14 @@ handwritten2pc.`,
 				}
 				cs = append(cs, c)
 			}
+			var ns []int
+			for _, s := range strings.Split(parts, ",") {
+				n, err := strconv.Atoi(strings.TrimSpace(s))
+				if err != nil || n < 2 || n > len(g.dbs) {
+					return usageErrorf("--participants: %q is not a number from 2 to %d (the databases given with --db)", s, len(g.dbs))
+				}
+				ns = append(ns, n)
+			}
 			if duration <= 0 {
 				return usageErrorf("--duration must be positive")
 			}
@@ -239,14 +249,16 @@ handwritten2pc.`,
 				if rs == nil {
 					rs = set
 				}
-				w, err := bank.New(ctx, bank.Config{Resources: set, Protocol: p.base, Timeout: timeout, Options: p.opts, Namespace: g.namespace})
-				if err != nil {
-					if errors.Is(err, bank.ErrNotSetUp) {
-						return usageErrorf("%v", err)
+				for _, n := range ns {
+					w, err := bank.New(ctx, bank.Config{Resources: set, Protocol: p.base, Timeout: timeout, Options: p.opts, Namespace: g.namespace, Legs: n})
+					if err != nil {
+						if errors.Is(err, bank.ErrNotSetUp) {
+							return usageErrorf("%v", err)
+						}
+						return failedErrorf("%v", err)
 					}
-					return failedErrorf("%v", err)
+					ws[cellKey(p.name, n)] = w
 				}
-				ws[p.name] = w
 			}
 			closed := false
 			closeWorkloads := func() error {
@@ -268,40 +280,28 @@ handwritten2pc.`,
 			res.HeapStartBytes = heap0.HeapAlloc
 			var bar *progressbar.ProgressBar
 			if stderrIsTTY {
-				bar = progressbar.NewOptions(len(ps)*len(cs), progressbar.OptionSetWriter(os.Stderr),
+				bar = progressbar.NewOptions(len(ns)*len(ps)*len(cs), progressbar.OptionSetWriter(os.Stderr),
 					progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
 			}
-			for _, c := range cs {
-				for _, p := range ps {
-					if bar != nil {
-						bar.Describe(fmt.Sprintf("%s c=%d", p.name, c))
-					}
-					if warmup > 0 {
-						ws[p.name].Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
-					}
-					var m0, m1 runtime.MemStats
-					runtime.ReadMemStats(&m0)
-					st := ws[p.name].Run(ctx, bank.RunOptions{Workers: c, Duration: duration})
-					runtime.ReadMemStats(&m1)
-					if ctx.Err() != nil {
-						return failedErrorf("interrupted")
-					}
-					runtime.GC()
-					var mh runtime.MemStats
-					runtime.ReadMemStats(&mh)
-					n := float64(max(st.Total(), 1))
-					res.Cells = append(res.Cells, benchCell{
-						Protocol: p.name, Concurrency: c, Seconds: st.Elapsed.Seconds(),
-						Committed: st.Counts[bank.Committed], Aborted: st.Counts[bank.Aborted], TimedOut: st.Timeouts,
-						InDoubt: st.Counts[bank.InDoubt], CommitPending: st.Counts[bank.CommitPending],
-						Heuristic: st.Counts[bank.Heuristic], Failed: st.Counts[bank.Failed],
-						TxPerSec: st.Throughput(),
-						P50Ms:    ms(bank.Percentile(st.Latencies, 50)), P99Ms: ms(bank.Percentile(st.Latencies, 99)),
-						AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
-						HeapBytes: mh.HeapAlloc,
-					})
-					if bar != nil {
-						_ = bar.Add(1)
+			for _, n := range ns {
+				for _, c := range cs {
+					for _, p := range ps {
+						if bar != nil {
+							bar.Describe(fmt.Sprintf("%s n=%d c=%d", p.name, n, c))
+						}
+						w := ws[cellKey(p.name, n)]
+						if warmup > 0 {
+							w.Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
+						}
+						cell, ok := measureCell(ctx, w, c, duration)
+						if !ok {
+							return failedErrorf("interrupted")
+						}
+						cell.Protocol, cell.Participants = p.name, n
+						res.Cells = append(res.Cells, cell)
+						if bar != nil {
+							_ = bar.Add(1)
+						}
 					}
 				}
 			}
@@ -341,7 +341,38 @@ handwritten2pc.`,
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell (default: duration/5, at most 1s)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "transaction timeout")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print machine-readable results")
+	cmd.Flags().StringVar(&parts, "participants", "2", "comma-separated numbers of databases one transfer touches (at most the databases given)")
 	return cmd
+}
+
+func cellKey(protocol string, participants int) string {
+	return fmt.Sprintf("%s/%d", protocol, participants)
+}
+
+// measureCell runs one cell: c workers for d. It reports false when ctx
+// ended meanwhile.
+func measureCell(ctx context.Context, w *bank.Workload, c int, d time.Duration) (benchCell, bool) {
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	st := w.Run(ctx, bank.RunOptions{Workers: c, Duration: d})
+	runtime.ReadMemStats(&m1)
+	if ctx.Err() != nil {
+		return benchCell{}, false
+	}
+	runtime.GC()
+	var mh runtime.MemStats
+	runtime.ReadMemStats(&mh)
+	n := float64(max(st.Total(), 1))
+	return benchCell{
+		Concurrency: c, Seconds: st.Elapsed.Seconds(),
+		Committed: st.Counts[bank.Committed], Aborted: st.Counts[bank.Aborted], TimedOut: st.Timeouts,
+		InDoubt: st.Counts[bank.InDoubt], CommitPending: st.Counts[bank.CommitPending],
+		Heuristic: st.Counts[bank.Heuristic], Failed: st.Counts[bank.Failed],
+		TxPerSec: st.Throughput(),
+		P50Ms:    ms(bank.Percentile(st.Latencies, 50)), P99Ms: ms(bank.Percentile(st.Latencies, 99)),
+		AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
+		HeapBytes: mh.HeapAlloc,
+	}, true
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -355,9 +386,9 @@ func maxInt(xs []int) int {
 }
 
 func addRatios(cells []benchCell) {
-	base := func(p string, c int) *benchCell {
+	base := func(p string, n, c int) *benchCell {
 		for i := range cells {
-			if cells[i].Protocol == p && cells[i].Concurrency == c {
+			if cells[i].Protocol == p && cells[i].Participants == n && cells[i].Concurrency == c {
 				return &cells[i]
 			}
 		}
@@ -372,10 +403,10 @@ func addRatios(cells []benchCell) {
 	}
 	for i := range cells {
 		c := &cells[i]
-		if l := base(string(bank.Local), c.Concurrency); l != nil {
+		if l := base(string(bank.Local), c.Participants, c.Concurrency); l != nil {
 			c.TputVsLocal, c.P50VsLocal = ratio(c.TxPerSec, l.TxPerSec), ratio(c.P50Ms, l.P50Ms)
 		}
-		if h := base(string(bank.Handwritten), c.Concurrency); h != nil {
+		if h := base(string(bank.Handwritten), c.Participants, c.Concurrency); h != nil {
 			c.TputVsHandwritten, c.P50VsHandwritten = ratio(c.TxPerSec, h.TxPerSec), ratio(c.P50Ms, h.P50Ms)
 		}
 	}
@@ -384,9 +415,9 @@ func addRatios(cells []benchCell) {
 func printBench(w io.Writer, res benchResult) {
 	fmt.Fprintf(w, "bench: %s per cell on %s\n", res.Duration, strings.Join(res.Databases, ", "))
 	tw := newTable(w)
-	fmt.Fprintln(tw, "PROTOCOL\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED (TIMEOUT)\tIN DOUBT\tHEURISTIC")
+	fmt.Fprintln(tw, "PROTOCOL\tN\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED (TIMEOUT)\tIN DOUBT\tHEURISTIC")
 	for _, c := range res.Cells {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d (%d)\t%d\t%d\n", c.Protocol, c.Concurrency, c.TxPerSec,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d (%d)\t%d\t%d\n", c.Protocol, c.Participants, c.Concurrency, c.TxPerSec,
 			c.P50Ms, c.P99Ms, c.AllocsPerTx, float64(c.HeapBytes)/(1<<20), fmtRatio(c.TputVsLocal), fmtRatio(c.P50VsLocal),
 			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.TimedOut, c.InDoubt+c.CommitPending, c.Heuristic)
 	}
