@@ -93,12 +93,17 @@ type variant struct {
 // profile what its two status queries per branch cost.
 var readOnlyVote = mysql.Config{ReadOnlyVote: true}
 
+// plain switches off the optimizations that are on by default.
+var plain = []txmanager.Option{txmanager.WithLastResource(false), txmanager.WithBatching(false), txmanager.WithAsyncCleanup(false)}
+
 var variants = []variant{
+	// The defaults: logging last resource, batched marker rows,
+	// asynchronous clean-up.
 	{"2pc", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}, mysql.Config{}},
 	{"3pc", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC)}, mysql.Config{}},
-	{"2pc+ro", []txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}, readOnlyVote},
 	{"3pc+ro", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC)}, readOnlyVote},
-	{"3pc+llr", []txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC), txmanager.WithLastResource(true)}, mysql.Config{}},
+	{"2pc-plain", append([]txmanager.Option{txmanager.WithProtocol(txmanager.TwoPC)}, plain...), mysql.Config{}},
+	{"3pc-plain", append([]txmanager.Option{txmanager.WithProtocol(txmanager.ThreePC)}, plain...), mysql.Config{}},
 }
 
 func BenchmarkTransfer(b *testing.B) {
@@ -130,6 +135,7 @@ func benchTransfer(b *testing.B, v variant, conc int) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer m.Close(context.Background()) // flushes asynchronous clean-up
 	names := []string{"pg", "maria"}
 	transfer := func(ctx context.Context, rng *rand.Rand) error {
 		i := rng.IntN(2)
