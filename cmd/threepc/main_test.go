@@ -230,8 +230,12 @@ func (d dbs) setUp(t *testing.T, accounts int) {
 func TestBankLifecycle(t *testing.T) {
 	d := newDBs(t)
 	d.setUp(t, 100)
-	// migrate is idempotent; setup refuses to overwrite.
-	want(t, cli(t, d.args("migrate")...), 0, "migrated to version 2")
+	// migrate is idempotent, and says so; setup refuses to overwrite.
+	r := cli(t, d.args("migrate")...)
+	want(t, r, 0, "pg           postgresql already at version 2, nothing to do", "maria        mariadb    already at version 2, nothing to do")
+	if strings.Contains(r.stdout, "migrated") {
+		t.Fatalf("a second migrate claims to have migrated:\n%s", r)
+	}
 	wantUsage(t, cli(t, d.args("bank", "setup", "--accounts", "100")...), "--reset")
 
 	for _, p := range []string{"3pc", "2pc", "handwritten2pc"} {
@@ -244,7 +248,7 @@ func TestBankLifecycle(t *testing.T) {
 	}
 	want(t, cli(t, d.args("bank", "run", "--duration", "500ms", "--workers", "2")...), 0, "committed")
 	// Every outcome was recorded: 450 transfers by count, more by time.
-	r := d.wantChecked(t, 200000)
+	r = d.wantChecked(t, 200000)
 	if strings.Contains(r.stdout, "not recorded") && !strings.Contains(r.stdout, " 0 not recorded") {
 		t.Fatalf("outcomes not recorded by a client that was not killed:\n%s", r)
 	}
