@@ -160,7 +160,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 			if err != nil {
 				return err
 			}
-			_, _, err = recoverUntil(ctx, sc, 10*time.Second)
+			_, _, err = recoverUntil(ctx, sc, 10*time.Second, nil)
 			return err
 		}); err != nil {
 			return failedErrorf("%v", err)
@@ -228,7 +228,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 
 	// 4. Recovery.
 	fmt.Fprintln(out, "\n==> Running recovery (threepc recover; the coordinator is known dead, so no in-flight horizon)")
-	all, last, err := recoverUntil(ctx, sc, 30*time.Second)
+	all, last, err := recoverUntil(ctx, sc, 30*time.Second, nil)
 	if err != nil {
 		return failedErrorf("%v", err)
 	}

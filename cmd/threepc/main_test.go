@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -302,8 +303,12 @@ func TestCrashRecoverInspect(t *testing.T) {
 			r = cli(t, d.args("inspect", "--horizon", "0")...)
 			want(t, r, 3, "WOULD", tc.action, "in doubt")
 			wantQuiet(t, r)
+			// With the default horizon, inspect says that recover would
+			// leave them alone for now, and how to finish them.
+			r = cli(t, d.args("inspect")...)
+			want(t, r, 3, "younger than the in-flight horizon (1m0s)", "`threepc recover --wait 1m", "--horizon 0 --wait 20s")
 			// Young transactions are left to their (maybe live) coordinator.
-			want(t, cli(t, d.args("recover")...), 3, "younger than the in-flight horizon")
+			want(t, cli(t, d.args("recover")...), 3, "younger than the in-flight horizon", "`threepc recover --wait 1m")
 			// The killed transfers are in doubt, not partial: the ledger
 			// does not judge them yet.
 			r = cli(t, d.args("bank", "check")...)
@@ -312,9 +317,31 @@ func TestCrashRecoverInspect(t *testing.T) {
 			r = cli(t, d.args("recover", "--horizon", "0", "--wait", "20s")...)
 			want(t, r, 0, tc.action, "nothing in doubt")
 			wantQuiet(t, r, recoveryWarnings...)
+			// Not a terminal: one line per scan, the last one final.
+			scans := regexp.MustCompile(`(?m)^scan \d+: \d+ transactions? \(.*\)(, \d+ in doubt \(oldest [^)]*\))?; (next scan in \S+|nothing in doubt)$`).FindAllString(r.stdout, -1)
+			if len(scans) == 0 || !strings.HasSuffix(scans[len(scans)-1], "; nothing in doubt") {
+				t.Fatalf("recover --wait printed no scan lines, or no final one:\n%s", r)
+			}
 			d.settle(t)
 			want(t, cli(t, d.args("inspect")...), 0, "nothing in doubt")
 			d.wantChecked(t, 400000)
+			if tc.action == "fence" {
+				// The fenced transaction's abort row is kept: hidden
+				// without --all, listed with it with one reason, whatever
+				// the horizon makes of its age.
+				r := cli(t, d.args("inspect")...)
+				if strings.Contains(r.stdout, "GTID") {
+					t.Fatalf("inspect lists retained rows without --all:\n%s", r)
+				}
+				const abortKept = "finished, rolled back: the primary's abort row is kept for the retention period (24h)"
+				for _, h := range []string{"0", "1m"} {
+					r := cli(t, d.args("inspect", "--all", "--horizon", h)...)
+					want(t, r, 0, "GTID", abortKept)
+					if strings.Contains(r.stdout, "younger than") || strings.Contains(r.stdout, "24h0m0s") {
+						t.Fatalf("inspect --all --horizon %s gives a retained row another reason:\n%s", h, r)
+					}
+				}
+			}
 		})
 	}
 }
