@@ -539,6 +539,9 @@ func TestDemoZeroConfig(t *testing.T) {
 	}
 	t0 := time.Now()
 	r := cli(t, "demo", "--duration", "1s")
+	if r.code == 2 && strings.Contains(r.stderr, "binaries not found") && os.Getenv("CI") != "true" {
+		t.Skipf("no database server binaries (under CI=true this fails instead): %s", r.stderr)
+	}
 	want(t, r, 0, "Starting throwaway PostgreSQL and MariaDB servers ... done", "died of SIGKILL",
 		"conserved: 2000000 = 2000000, nothing in doubt", ledgerClean, "servers stopped")
 	wantQuiet(t, r)

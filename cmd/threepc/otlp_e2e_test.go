@@ -355,21 +355,33 @@ func committedCount(t *testing.T, r result) int {
 
 // dbAttrs are the semantic-convention attributes a database call's span
 // must carry, by resource name.
-func (d dbs) dbAttrs() map[string]map[string]string {
+func (d dbs) dbAttrs(t *testing.T) map[string]map[string]string {
+	t.Helper()
 	attrs := func(system string, srv *harness.Server, db string) map[string]string {
 		host, port := splitHostPort(srv.Addr())
 		return map[string]string{"db.system.name": system, "db.namespace": db, "server.address": host, "server.port": port}
 	}
+	// THREEPC_TEST_MYSQL may name a MySQL server.
+	my := "mariadb"
+	var version string
+	db := d.sqlDB(t, harness.MariaDB)
+	if err := db.QueryRow("SELECT VERSION()").Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	db.Close() // settle waits for every session to end
+	if !strings.Contains(strings.ToLower(version), "mariadb") {
+		my = "mysql"
+	}
 	return map[string]map[string]string{
 		"pg":    attrs("postgresql", d.pg, d.pgDB),
-		"maria": attrs("mariadb", d.my, d.myDB),
+		"maria": attrs(my, d.my, d.myDB),
 	}
 }
 
 // checkDBSpan checks one threepc.branch.* span: a CLIENT span whose
-// db.operation.name is its name's suffix, with the attributes of its
-// resource's database.
-func checkDBSpan(t *testing.T, d dbs, s span) {
+// db.operation.name is its name's suffix, with the attributes (dbAttrs)
+// of its resource's database.
+func checkDBSpan(t *testing.T, byResource map[string]map[string]string, s span) {
 	t.Helper()
 	if s.kind != tracepb.Span_SPAN_KIND_CLIENT {
 		t.Errorf("%s: kind %v, want CLIENT", s.name, s.kind)
@@ -377,7 +389,7 @@ func checkDBSpan(t *testing.T, d dbs, s span) {
 	if op := strings.TrimPrefix(s.name, "threepc.branch."); s.attrs["db.operation.name"] != op {
 		t.Errorf("%s: db.operation.name %q, want %q", s.name, s.attrs["db.operation.name"], op)
 	}
-	want, ok := d.dbAttrs()[s.attrs["threepc.resource"]]
+	want, ok := byResource[s.attrs["threepc.resource"]]
 	if !ok {
 		t.Errorf("%s: threepc.resource %q, want pg or maria", s.name, s.attrs["threepc.resource"])
 		return
@@ -409,6 +421,7 @@ func spanNames(spans []span) []string {
 
 func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 	const n = 5
+	dbAttrs := d.dbAttrs(t)
 	r := cliEnv(t, env, d.args("bank", "run", "--transfers", fmt.Sprint(n), "--workers", "1")...)
 	want(t, r, 0, "committed")
 	wantQuiet(t, r)
@@ -475,7 +488,7 @@ func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 				if !strings.HasPrefix(c.name, "threepc.branch.") {
 					t.Errorf("%s under %s", c.name, name)
 				}
-				checkDBSpan(t, d, c)
+				checkDBSpan(t, dbAttrs, c)
 			}
 			perRes := map[string]int{}
 			for _, c := range calls {
@@ -497,7 +510,7 @@ func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 			}
 		}
 		for _, b := range begins {
-			checkDBSpan(t, d, b)
+			checkDBSpan(t, dbAttrs, b)
 		}
 	}
 	if len(gtids) != n {
@@ -526,6 +539,7 @@ func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 var killedRE = regexp.MustCompile(`SIGKILL now at after-decide of transaction (\S+)`)
 
 func testOTLPRecover(t *testing.T, d dbs, sink *otlpSink, env []string) {
+	dbAttrs := d.dbAttrs(t)
 	// A coordinator dies after its decision (no OTLP there: SIGKILL
 	// flushes nothing); recovery commits the transaction.
 	r := cli(t, d.args("demo-child", "--kill-at", "after-decide", "--kill-after", "3", "--workers", "1", "--duration", "60s")...)
@@ -560,7 +574,7 @@ func testOTLPRecover(t *testing.T, d dbs, sink *otlpSink, env []string) {
 					resolved = append(resolved, c)
 				}
 			case strings.HasPrefix(c.name, "threepc.branch."):
-				checkDBSpan(t, d, c) // the listings
+				checkDBSpan(t, dbAttrs, c) // the listings
 			default:
 				t.Errorf("%s under a scan", c.name)
 			}
@@ -586,7 +600,7 @@ func testOTLPRecover(t *testing.T, d dbs, sink *otlpSink, env []string) {
 		t.Errorf("no database calls under the resolve span")
 	}
 	for _, c := range calls {
-		checkDBSpan(t, d, c)
+		checkDBSpan(t, dbAttrs, c)
 	}
 
 	ms := metricsOf(metrics)
