@@ -22,10 +22,18 @@
 //		...
 //	}
 //
+// Tests that kill, restart or reconfigure their server take one of their
+// own instead:
+//
+//	srv := harness.Own(t, harness.MariaDB, harness.Options{})
+//
 // THREEPC_TEST_POSTGRES and THREEPC_TEST_MYSQL (URLs, postgres://... and
-// mysql://user:pass@host:port/db) make Shared use existing servers instead;
-// those cannot be killed or restarted, and only loopback hosts are
-// accepted.
+// mysql://user:pass@host:port/db) make Shared use existing servers instead,
+// so that the suite runs against a server the harness cannot start (a
+// MySQL 8 server: kind MariaDB is the MySQL family). Those cannot be
+// killed or restarted: Own skips its test, saying so, for a kind given by
+// environment variable, and Kill and Restart return ErrExternal. Only
+// loopback hosts are accepted.
 //
 // Servers started here trust every local connection: PostgreSQL's
 // superuser "postgres" and MariaDB's "root" (as root@127.0.0.1, which has

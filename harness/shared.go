@@ -17,11 +17,24 @@ import (
 	"time"
 )
 
-// Environment variables read by Shared.
+// Environment variables read by Shared and Own. EnvMySQL may name a
+// MySQL 8 server as well as a MariaDB one: kind MariaDB is the MySQL
+// family.
 const (
 	EnvPostgres = "THREEPC_TEST_POSTGRES"
 	EnvMySQL    = "THREEPC_TEST_MYSQL"
 )
+
+// external is the one place that decides where a test's server of kind
+// comes from: the environment variable naming an external server, and its
+// value ("" when the harness starts its own).
+func external(kind Kind) (env, raw string) {
+	env = EnvPostgres
+	if kind == MariaDB {
+		env = EnvMySQL
+	}
+	return env, os.Getenv(env)
+}
 
 const installHint = "install the servers with `apt-get install postgresql mariadb-server` (or run scripts/install-deps.sh), or set " +
 	EnvPostgres + " / " + EnvMySQL + " to a loopback server URL"
@@ -70,6 +83,45 @@ func Shared(tb TB, kind Kind) *Server {
 	return e.s
 }
 
+// Own starts a server of kind for tb alone, closed when the test ends:
+// for tests that kill, stop or restart their server, change its settings,
+// or leave it in a state the shared one must not get (orphaned branches).
+//
+// When the environment names an external server of kind
+// (THREEPC_TEST_POSTGRES, THREEPC_TEST_MYSQL), the suite is being run
+// against that server, which the harness can neither kill nor restart,
+// and which a throwaway server of another version would not stand in
+// for: Own skips the test and says why. Without the server binaries it
+// skips the test, or fails it under CI=true, as Shared does.
+func Own(tb TB, kind Kind, opts Options) *Server {
+	tb.Helper()
+	if _, ok := shared[kind]; !ok {
+		tb.Fatalf("harness: unknown server kind %q", kind)
+		return nil
+	}
+	if env, raw := external(kind); raw != "" {
+		tb.Skipf("harness: this test needs a %s server of its own (to kill, restart or configure it), and %s names an external server, which the harness cannot kill or restart: skipped; unset %s to run it on a throwaway server", kind, env, env)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	s, err := Start(ctx, kind, opts)
+	if err != nil {
+		if errors.Is(err, ErrBinariesMissing) {
+			reportUnavailable(tb, kind, err, os.Getenv("CI") == "true")
+			return nil
+		}
+		tb.Fatalf("harness: start a %s server of the test's own: %v", kind, err)
+		return nil
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Logf("harness: close %s server: %v", kind, err)
+		}
+	})
+	return s
+}
+
 // reportUnavailable ends a test that cannot have its server: a skip on a
 // developer's machine without the servers, a failure under CI (where a
 // skipped database test would pass silently) and for a wrong environment
@@ -84,13 +136,9 @@ func reportUnavailable(tb TB, kind Kind, err error, ci bool) {
 }
 
 func startShared(kind Kind) (*Server, error) {
-	env := EnvPostgres
-	if kind == MariaDB {
-		env = EnvMySQL
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if raw := os.Getenv(env); raw != "" {
+	if env, raw := external(kind); raw != "" {
 		s, err := openExternal(ctx, kind, raw)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", env, err)

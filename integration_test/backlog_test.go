@@ -41,27 +41,11 @@ const backlogTarget = 500
 // conserved, and nothing be left but the primaries' rows.
 func TestRecoveryBacklogWithDatabaseRestarts(t *testing.T) {
 	ctx := testCtx(t, 3*time.Minute)
-	kinds := []harness.Kind{harness.Postgres, harness.MariaDB}
-	opts := []harness.Options{{Settings: map[string]string{"max_prepared_transactions": "1200"}}, {}}
-	srvs := make([]*harness.Server, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for i, k := range kinds {
-		wg.Go(func() { srvs[i], errs[i] = harness.Start(ctx, k, opts[i]) })
-	}
-	wg.Wait()
-	for i, s := range srvs {
-		if s != nil {
-			t.Cleanup(func() { s.Close() })
-		}
-		if errs[i] != nil {
-			// Shared applies the harness's policy: skip without the
-			// binaries on a developer's machine, fail under CI.
-			if harness.Shared(t, kinds[i]) == nil {
-				return
-			}
-			t.Fatalf("start a dedicated server: %v", errs[i])
-		}
+	// Servers of its own, which it kills (Own skips when the environment
+	// names external servers).
+	srvs := []*harness.Server{
+		harness.Own(t, harness.Postgres, harness.Options{Settings: map[string]string{"max_prepared_transactions": "1200"}}),
+		harness.Own(t, harness.MariaDB, harness.Options{}),
 	}
 	ps := []part{newPart(t, srvs[0], "blg_pg", accountsDDL, ledgerDDL), newPart(t, srvs[1], "blg_my", accountsDDL, ledgerDDL)}
 	seedBacklogBank(t, ps)

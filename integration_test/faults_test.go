@@ -4,7 +4,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,27 +53,9 @@ func bankManagers(t *testing.T, rs []resource.Resource, extra ...txmanager.Optio
 // transfer is in both ledgers or neither, and money is conserved.
 func TestDatabaseCrashes(t *testing.T) {
 	ctx := testCtx(t, 3*time.Minute)
-	srvs := make([]*harness.Server, 2)
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	kinds := []harness.Kind{harness.Postgres, harness.MariaDB}
-	for i, k := range kinds {
-		wg.Go(func() { srvs[i], errs[i] = harness.Start(ctx, k, harness.Options{}) })
-	}
-	wg.Wait()
-	for i, s := range srvs {
-		if s != nil {
-			t.Cleanup(func() { s.Close() })
-		}
-		if errs[i] != nil {
-			// Shared applies the harness's policy: skip without the
-			// binaries on a developer's machine, fail under CI.
-			if harness.Shared(t, kinds[i]) == nil {
-				return // skipped: no servers outside CI
-			}
-			t.Fatalf("start a dedicated server: %v", errs[i])
-		}
-	}
+	// Servers of its own, which it kills (Own skips when the environment
+	// names external servers).
+	srvs := []*harness.Server{harness.Own(t, harness.Postgres, harness.Options{}), harness.Own(t, harness.MariaDB, harness.Options{})}
 	ps := []part{newPart(t, srvs[0], "dbc_pg", accountsDDL, ledgerDDL), newPart(t, srvs[1], "dbc_my", accountsDDL, ledgerDDL)}
 	rs := openAll(t, ps)
 	seedBank(t, rs)

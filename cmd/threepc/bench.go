@@ -338,7 +338,8 @@ handwritten2pc.`,
 	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +ro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
-	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell (default: duration/5, at most 1s)")
+	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell")
+	cmd.Flags().Lookup("warmup").DefValue = "duration/5, at most 1s" // for --help, instead of the sentinel -1ns
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Second, "transaction timeout")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print machine-readable results")
 	cmd.Flags().StringVar(&parts, "participants", "2", "comma-separated numbers of databases one transfer touches (at most the databases given)")

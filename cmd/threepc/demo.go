@@ -160,7 +160,7 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 			if err != nil {
 				return err
 			}
-			_, _, err = recoverUntil(ctx, sc, 10*time.Second)
+			_, _, err = recoverUntil(ctx, sc, 10*time.Second, nil)
 			return err
 		}); err != nil {
 			return failedErrorf("%v", err)
@@ -225,10 +225,13 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 	before := bookTotal(ctx, rs)
 	fmt.Fprintf(out, "    %s left prepared, holding their row locks; total on the books now: %d of %d\n",
 		plural(prepared, "branch"), before, seeded)
+	if n := len(unresolved(rep)); n > 1 {
+		fmt.Fprintf(out, "    %s in doubt from one dead coordinator: %s\n", plural(n, "transaction"), whySeveral(o))
+	}
 
 	// 4. Recovery.
 	fmt.Fprintln(out, "\n==> Running recovery (threepc recover; the coordinator is known dead, so no in-flight horizon)")
-	all, last, err := recoverUntil(ctx, sc, 30*time.Second)
+	all, last, err := recoverUntil(ctx, sc, 30*time.Second, nil)
 	if err != nil {
 		return failedErrorf("%v", err)
 	}
@@ -257,7 +260,11 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 		fmt.Fprintf(out, "; p50 per phase: %s", strings.Join(ps, ", "))
 	}
 	fmt.Fprintln(out)
-	fmt.Fprintf(out, "  - a coordinator was killed at %q, leaving %s prepared in %s\n", o.killAt, plural(prepared, "branch"), plural(leftTx, "transaction"))
+	fmt.Fprintf(out, "  - a coordinator was killed at %q, leaving %s prepared in %s", o.killAt, plural(prepared, "branch"), plural(leftTx, "transaction"))
+	if leftTx > 1 {
+		fmt.Fprintf(out, " (one coordinator, %d workers: each had a transfer in flight)", o.workers)
+	}
+	fmt.Fprintln(out)
 	fmt.Fprintf(out, "  - recovery finished them from the marker rows in the databases alone: %s\n", actionSummary(all))
 	if cerr != nil {
 		fmt.Fprintln(out, lines[len(lines)-1])
@@ -281,6 +288,13 @@ func demo(ctx context.Context, out io.Writer, o demoOpts) (err error) {
 		fmt.Fprintln(out)
 	}
 	return nil
+}
+
+// whySeveral explains why one killed coordinator leaves more than one
+// transaction behind.
+func whySeveral(o demoOpts) string {
+	return fmt.Sprintf("it ran %d workers, and each had a transfer in flight when the process died, stopped at whatever step it had reached; only the one at %q was stopped there on purpose. Recovery finishes each by the rows it left",
+		o.workers, o.killAt)
 }
 
 func splitHostPort(addr string) (string, string) {

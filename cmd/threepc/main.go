@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -69,12 +70,23 @@ func heuristicErrorf(format string, args ...any) error {
 	return &exitError{code: exitHeuristic, err: fmt.Errorf(format, args...)}
 }
 
-// globals are the flags every command takes.
+// globals are the flags every command takes, and what the root command
+// sets up for all of them.
 type globals struct {
 	dbs       []string
 	logLevel  string
 	namespace string
+	// flushTelemetry flushes and stops the OTLP exporters installed at
+	// start-up. run calls it after every command, also one that failed or
+	// was interrupted: cobra runs no post-run hook after an error, and
+	// the spans of the transactions that finished before a Ctrl-C are
+	// the ones an operator wants to see.
+	flushTelemetry func(context.Context) error
 }
+
+// telemetryFlushTimeout bounds the export at exit: a collector that is
+// down must not keep the command from exiting.
+const telemetryFlushTimeout = 10 * time.Second
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -93,6 +105,13 @@ func run(args []string) int {
 	root := newRoot(g)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
+	if g.flushTelemetry != nil {
+		fctx, cancel := context.WithTimeout(context.Background(), telemetryFlushTimeout)
+		if ferr := g.flushTelemetry(fctx); ferr != nil {
+			slog.Warn("threepc: exporting telemetry at exit", "err", ferr)
+		}
+		cancel()
+	}
 	if err == nil {
 		return exitOK
 	}
@@ -109,7 +128,6 @@ func run(args []string) int {
 }
 
 func newRoot(g *globals) *cobra.Command {
-	var shutdown func(context.Context) error
 	root := &cobra.Command{
 		Use:   "threepc",
 		Short: "Atomic transactions across PostgreSQL and MySQL/MariaDB: demo, workload, benchmark, recovery",
@@ -135,15 +153,9 @@ Exit codes: 0 ok, 1 check failed, 2 bad input or setup (nothing changed),
 				return usageErrorf("--namespace: %v", err)
 			}
 			slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
-			shutdown, err = setupTelemetry(cmd.Context())
+			g.flushTelemetry, err = setupTelemetry(cmd.Context())
 			if err != nil {
 				return usageErrorf("telemetry: %v", err)
-			}
-			return nil
-		},
-		PersistentPostRunE: func(cmd *cobra.Command, _ []string) error {
-			if shutdown != nil {
-				return shutdown(context.WithoutCancel(cmd.Context()))
 			}
 			return nil
 		},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -230,8 +231,12 @@ func (d dbs) setUp(t *testing.T, accounts int) {
 func TestBankLifecycle(t *testing.T) {
 	d := newDBs(t)
 	d.setUp(t, 100)
-	// migrate is idempotent; setup refuses to overwrite.
-	want(t, cli(t, d.args("migrate")...), 0, "migrated to version 2")
+	// migrate is idempotent, and says so; setup refuses to overwrite.
+	r := cli(t, d.args("migrate")...)
+	want(t, r, 0, "pg           postgresql already at version 2, nothing to do", "maria        mariadb    already at version 2, nothing to do")
+	if strings.Contains(r.stdout, "migrated") {
+		t.Fatalf("a second migrate claims to have migrated:\n%s", r)
+	}
 	wantUsage(t, cli(t, d.args("bank", "setup", "--accounts", "100")...), "--reset")
 
 	for _, p := range []string{"3pc", "2pc", "handwritten2pc"} {
@@ -244,7 +249,7 @@ func TestBankLifecycle(t *testing.T) {
 	}
 	want(t, cli(t, d.args("bank", "run", "--duration", "500ms", "--workers", "2")...), 0, "committed")
 	// Every outcome was recorded: 450 transfers by count, more by time.
-	r := d.wantChecked(t, 200000)
+	r = d.wantChecked(t, 200000)
 	if strings.Contains(r.stdout, "not recorded") && !strings.Contains(r.stdout, " 0 not recorded") {
 		t.Fatalf("outcomes not recorded by a client that was not killed:\n%s", r)
 	}
@@ -298,8 +303,12 @@ func TestCrashRecoverInspect(t *testing.T) {
 			r = cli(t, d.args("inspect", "--horizon", "0")...)
 			want(t, r, 3, "WOULD", tc.action, "in doubt")
 			wantQuiet(t, r)
+			// With the default horizon, inspect says that recover would
+			// leave them alone for now, and how to finish them.
+			r = cli(t, d.args("inspect")...)
+			want(t, r, 3, "younger than the in-flight horizon (1m0s)", "`threepc recover --wait 1m", "--horizon 0 --wait 20s")
 			// Young transactions are left to their (maybe live) coordinator.
-			want(t, cli(t, d.args("recover")...), 3, "younger than the in-flight horizon")
+			want(t, cli(t, d.args("recover")...), 3, "younger than the in-flight horizon", "`threepc recover --wait 1m")
 			// The killed transfers are in doubt, not partial: the ledger
 			// does not judge them yet.
 			r = cli(t, d.args("bank", "check")...)
@@ -308,9 +317,31 @@ func TestCrashRecoverInspect(t *testing.T) {
 			r = cli(t, d.args("recover", "--horizon", "0", "--wait", "20s")...)
 			want(t, r, 0, tc.action, "nothing in doubt")
 			wantQuiet(t, r, recoveryWarnings...)
+			// Not a terminal: one line per scan, the last one final.
+			scans := regexp.MustCompile(`(?m)^scan \d+: \d+ transactions? \(.*\)(, \d+ in doubt \(oldest [^)]*\))?; (next scan in \S+|nothing in doubt)$`).FindAllString(r.stdout, -1)
+			if len(scans) == 0 || !strings.HasSuffix(scans[len(scans)-1], "; nothing in doubt") {
+				t.Fatalf("recover --wait printed no scan lines, or no final one:\n%s", r)
+			}
 			d.settle(t)
 			want(t, cli(t, d.args("inspect")...), 0, "nothing in doubt")
 			d.wantChecked(t, 400000)
+			if tc.action == "fence" {
+				// The fenced transaction's abort row is kept: hidden
+				// without --all, listed with it with one reason, whatever
+				// the horizon makes of its age.
+				r := cli(t, d.args("inspect")...)
+				if strings.Contains(r.stdout, "GTID") {
+					t.Fatalf("inspect lists retained rows without --all:\n%s", r)
+				}
+				const abortKept = "finished, rolled back: the primary's abort row is kept for the retention period (24h)"
+				for _, h := range []string{"0", "1m"} {
+					r := cli(t, d.args("inspect", "--all", "--horizon", h)...)
+					want(t, r, 0, "GTID", abortKept)
+					if strings.Contains(r.stdout, "younger than") || strings.Contains(r.stdout, "24h0m0s") {
+						t.Fatalf("inspect --all --horizon %s gives a retained row another reason:\n%s", h, r)
+					}
+				}
+			}
 		})
 	}
 }
@@ -489,6 +520,14 @@ func TestDemoExistingServers(t *testing.T) {
 	want(t, r, 0, "died of SIGKILL", "after-decide", "p50 per phase", "precommit row found",
 		"conserved: 2000000 = 2000000, nothing in doubt", ledgerClean, "0 heuristic outcomes")
 	wantQuiet(t, r)
+	// Several transactions left by one killed coordinator (nearly always,
+	// with 4 workers): the demo says why.
+	if regexp.MustCompile(`leaving \d+ branch(es)? prepared in \d+ transactions`).MatchString(r.stdout) {
+		want(t, r, 0, "prepared in", "transactions (one coordinator, 4 workers: each had a transfer in flight)")
+	}
+	if regexp.MustCompile(`    \d+ transactions in doubt from one dead coordinator`).MatchString(r.stdout) {
+		want(t, r, 0, "from one dead coordinator: it ran 4 workers, and each had a transfer in flight when the process died")
+	}
 	// A second run on the same databases starts over.
 	want(t, cli(t, "demo", "--pg", d.pgURL(), "--mysql", d.myURL(), "--duration", "500ms", "--kill-at", "before-decide"), 0,
 		"fence", "conserved: 2000000 = 2000000, nothing in doubt", ledgerClean)
@@ -500,6 +539,9 @@ func TestDemoZeroConfig(t *testing.T) {
 	}
 	t0 := time.Now()
 	r := cli(t, "demo", "--duration", "1s")
+	if r.code == 2 && strings.Contains(r.stderr, "binaries not found") && os.Getenv("CI") != "true" {
+		t.Skipf("no database server binaries (under CI=true this fails instead): %s", r.stderr)
+	}
 	want(t, r, 0, "Starting throwaway PostgreSQL and MariaDB servers ... done", "died of SIGKILL",
 		"conserved: 2000000 = 2000000, nothing in doubt", ledgerClean, "servers stopped")
 	wantQuiet(t, r)

@@ -14,7 +14,7 @@ import (
 func newMigrateCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "migrate",
-		Short: "Create threepc's marker table in every database (idempotent)",
+		Short: "Create threepc's marker table in every database, or upgrade it (idempotent: says \"already at version N\" when there is nothing to do)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -36,6 +36,10 @@ func migrateAll(ctx context.Context, rs []resource.Resource, printf func(string,
 			return usageErrorf("%v", err)
 		}
 		t0 := time.Now()
+		before, _, err := migrations.Version(ctx, r.DB(), d)
+		if err != nil {
+			return failedErrorf("database %q: %v", r.Name(), err)
+		}
 		if err := migrations.Up(ctx, r.DB(), d); err != nil {
 			return failedErrorf("database %q: %v", r.Name(), err)
 		}
@@ -46,7 +50,15 @@ func migrateAll(ctx context.Context, rs []resource.Resource, printf func(string,
 		if err := r.Check(ctx); err != nil {
 			return failedErrorf("database %q after migrating: %v", r.Name(), err)
 		}
-		printf("%-12s %-10s migrated to version %d in %v\n", r.Name(), r.System(), v, time.Since(t0).Round(time.Millisecond))
+		took := time.Since(t0).Round(time.Millisecond)
+		switch {
+		case v == before:
+			printf("%-12s %-10s already at version %d, nothing to do\n", r.Name(), r.System(), v)
+		case before == 0:
+			printf("%-12s %-10s migrated to version %d in %v\n", r.Name(), r.System(), v, took)
+		default:
+			printf("%-12s %-10s migrated from version %d to version %d in %v\n", r.Name(), r.System(), before, v, took)
+		}
 	}
 	return nil
 }

@@ -21,6 +21,10 @@ import (
 // logs and tests they would only be noise.
 var stderrIsTTY = term.IsTerminal(int(os.Stderr.Fd()))
 
+// stdoutIsTTY decides whether recover --wait updates its scan line in
+// place (a terminal) or prints one line per scan (a log, a pipe).
+var stdoutIsTTY = term.IsTerminal(int(os.Stdout.Fd()))
+
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 }

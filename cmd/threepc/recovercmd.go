@@ -33,10 +33,14 @@ func newRecoverCmd(g *globals) *cobra.Command {
 		Long: `recover scans every database for prepared branches and marker rows and
 finishes each global transaction as the protocol says: commit when a
 precommit row exists anywhere, roll back when the primary holds an abort
-row, fence (abort row at the primary) and roll back when there is no row
-and the transaction is older than --horizon. Safe to run at any time,
-concurrently with live coordinators and other recover processes. Only the
-branches and rows of --namespace are touched.
+row, fence (abort row at the primary) and roll back when there is no row.
+Every transaction younger than --horizon (the in-flight horizon) is left
+alone, whatever its rows say: its coordinator may still be running it.
+Safe to run at any time, concurrently with live coordinators and other
+recover processes. Only the branches and rows of --namespace are touched.
+
+With --wait, a line per scan says what is left (updated in place on a
+terminal).
 
 A heuristic outcome (a branch of a transaction decided to commit is gone
 without the evidence of its commit) is printed with what to do; its rows
@@ -55,7 +59,13 @@ Exit 0 when nothing is left in doubt, 3 otherwise, 4 on a heuristic outcome.`,
 			if err != nil {
 				return usageErrorf("%v", err)
 			}
-			seen, last, err := recoverUntil(ctx, sc, wait)
+			var onScan func(int, *recovery.Report, time.Duration)
+			done := func() {}
+			if wait > 0 {
+				onScan, done = scanProgress(os.Stdout, stdoutIsTTY)
+			}
+			seen, last, err := recoverUntil(ctx, sc, wait, onScan)
+			done()
 			if err != nil {
 				return failedErrorf("%v", err)
 			}
@@ -76,13 +86,15 @@ func instanceID(role string) string {
 
 // recoverUntil scans once, then again while something is unresolved and
 // wait allows. It returns every transaction seen (the latest report of
-// each) and the last report.
-func recoverUntil(ctx context.Context, sc *recovery.Scanner, wait time.Duration) (*recovery.Report, *recovery.Report, error) {
+// each) and the last report. onScan, if not nil, gets every scan's
+// number and report and the pause before the next scan (0 after the
+// last).
+func recoverUntil(ctx context.Context, sc *recovery.Scanner, wait time.Duration, onScan func(n int, rep *recovery.Report, next time.Duration)) (*recovery.Report, *recovery.Report, error) {
 	deadline := time.Now().Add(wait)
 	seen := map[string]recovery.TxReport{}
 	var last *recovery.Report
 	pause := 100 * time.Millisecond
-	for {
+	for n := 1; ; n++ {
 		rep, err := sc.ScanOnce(ctx)
 		if err != nil {
 			return nil, nil, err
@@ -94,7 +106,15 @@ func recoverUntil(ctx context.Context, sc *recovery.Scanner, wait time.Duration)
 			}
 			seen[t.GTID] = t
 		}
-		if len(unresolved(rep)) == 0 && len(rep.Unreachable) == 0 || !time.Now().Add(pause).Before(deadline) {
+		final := len(unresolved(rep)) == 0 && len(rep.Unreachable) == 0 || !time.Now().Add(pause).Before(deadline)
+		if onScan != nil {
+			next := pause
+			if final {
+				next = 0
+			}
+			onScan(n, rep, next)
+		}
+		if final {
 			break
 		}
 		select {
@@ -155,9 +175,28 @@ func recoverVerdict(w io.Writer, last *recovery.Report, horizon time.Duration) e
 		fmt.Fprintln(w, "nothing in doubt")
 		return nil
 	case young == len(left) && len(last.Unreachable) == 0:
-		return inDoubtErrorf("%s younger than the in-flight horizon (%v) left alone: a coordinator may still be running them; run again later, or with --horizon 0 if no coordinator is running", plural(young, "transaction"), horizon)
+		return inDoubtErrorf("%s younger than the in-flight horizon (%v) left alone: a coordinator may still be running them; %s", plural(young, "transaction"), horizon, waitHint(left, horizon))
 	}
 	return inDoubtErrorf("%s left in doubt (oldest %v); see the table above, fix what it names and run recover again", plural(len(left), "transaction"), last.OldestInDoubt().Round(time.Second))
+}
+
+// waitHint says what to run about transactions left alone because they
+// are younger than the in-flight horizon: wait past the horizon (recover
+// --wait), or, when the coordinator is known dead, --horizon 0.
+func waitHint(ts []recovery.TxReport, horizon time.Duration) string {
+	youngest := horizon
+	for _, t := range ts {
+		youngest = min(youngest, t.Age)
+	}
+	// Past the horizon, plus a few seconds for MariaDB to hand over the
+	// branches of a dead session.
+	wait := (horizon - youngest + 10*time.Second).Round(time.Second)
+	return fmt.Sprintf("run `threepc recover --wait %v` to finish them once they are older, or `threepc recover --horizon 0 --wait 20s` if you know their coordinator is dead", wait)
+}
+
+// isYoung reports whether the scanner left t alone for its age.
+func isYoung(t recovery.TxReport, horizon time.Duration) bool {
+	return t.Action == recovery.ActionWait && t.Age < horizon
 }
 
 // retained reports whether a transaction is finished and only waits for
@@ -177,6 +216,95 @@ func retained(t recovery.TxReport) bool {
 		}
 	}
 	return len(t.Markers) > 0
+}
+
+// retainedReason is the one reason --all shows for a retained
+// transaction, whatever its age: the scanner says "younger than the
+// in-flight horizon" of a young one and "... kept for the retention
+// period" of an older one, about the same finished transaction.
+func retainedReason(t recovery.TxReport) string {
+	switch t.Markers[t.Primary].State {
+	case resource.StateAbort:
+		return fmt.Sprintf("finished, rolled back: the primary's abort row is kept for the retention period (%s)", shortDur(recovery.DefaultRetention))
+	case resource.StateCommitted:
+		return fmt.Sprintf("finished, committed: the primary's tombstone is kept for the retention period (%s)", shortDur(recovery.DefaultTombstoneRetention))
+	}
+	return t.Reason
+}
+
+// shortDur prints whole hours and minutes without their zero parts
+// ("24h", "15m").
+func shortDur(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// scanProgress returns the onScan of recover --wait: one line per scan
+// on w, or, on a terminal, one line updated in place (done clears it).
+func scanProgress(w io.Writer, tty bool) (onScan func(int, *recovery.Report, time.Duration), done func()) {
+	drawn := false
+	onScan = func(n int, rep *recovery.Report, next time.Duration) {
+		line := scanLine(n, rep, next)
+		if tty {
+			fmt.Fprint(w, "\r\033[K"+line)
+			drawn = true
+			return
+		}
+		fmt.Fprintln(w, line)
+	}
+	done = func() {
+		if drawn {
+			fmt.Fprint(w, "\r\033[K")
+		}
+	}
+	return onScan, done
+}
+
+// scanLine sums up one scan of recover --wait.
+func scanLine(n int, rep *recovery.Report, next time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "scan %d: %s", n, plural(len(rep.Transactions), "transaction"))
+	if a := actionCounts(rep); a != "" {
+		fmt.Fprintf(&b, " (%s)", a)
+	}
+	left := unresolved(rep)
+	if len(left) > 0 {
+		fmt.Fprintf(&b, ", %d in doubt (oldest %v)", len(left), oldest(left).Round(100*time.Millisecond))
+	}
+	for _, name := range slices.Sorted(maps.Keys(rep.Unreachable)) {
+		fmt.Fprintf(&b, ", %s not scanned", name)
+	}
+	switch {
+	case next > 0:
+		fmt.Fprintf(&b, "; next scan in %v", next)
+	case len(left) == 0 && len(rep.Unreachable) == 0:
+		b.WriteString("; nothing in doubt")
+	default:
+		b.WriteString("; --wait is over")
+	}
+	return b.String()
+}
+
+// actionCounts is "commit 1, fence 2, wait 3": what a report did, in the
+// protocol's order.
+func actionCounts(rep *recovery.Report) string {
+	counts := map[recovery.Action]int{}
+	for _, t := range rep.Transactions {
+		counts[t.Action]++
+	}
+	var parts []string
+	for _, a := range []recovery.Action{recovery.ActionCommit, recovery.ActionRollback, recovery.ActionFence, recovery.ActionCollect, recovery.ActionWait, recovery.ActionInDoubt, recovery.ActionHeuristic} {
+		if counts[a] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", a, counts[a]))
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 // printReport prints one line per transaction (retained ones only with
@@ -223,17 +351,7 @@ func printReport(w io.Writer, rep *recovery.Report, dry, all bool) {
 		fmt.Fprintf(w, "(%s finished, their rows kept for the retention period, not listed: --all lists them)\n", plural(hidden, "more transaction"))
 	}
 	if !dry {
-		counts := map[recovery.Action]int{}
-		for _, t := range rep.Transactions {
-			counts[t.Action]++
-		}
-		var parts []string
-		for _, a := range []recovery.Action{recovery.ActionCommit, recovery.ActionRollback, recovery.ActionFence, recovery.ActionCollect, recovery.ActionWait, recovery.ActionInDoubt, recovery.ActionHeuristic} {
-			if counts[a] > 0 {
-				parts = append(parts, fmt.Sprintf("%s %d", a, counts[a]))
-			}
-		}
-		fmt.Fprintf(w, "%s: %s\n", plural(len(rep.Transactions), "transaction"), strings.Join(parts, ", "))
+		fmt.Fprintf(w, "%s: %s\n", plural(len(rep.Transactions), "transaction"), actionCounts(rep))
 	}
 	printHeuristics(w, rep.Heuristic())
 }
@@ -286,6 +404,9 @@ func markerList(t recovery.TxReport) string {
 }
 
 func reason(t recovery.TxReport) string {
+	if retained(t) {
+		return retainedReason(t)
+	}
 	r := t.Reason
 	if t.Err != nil {
 		r += ": " + oneLine(t.Err.Error())
@@ -332,7 +453,7 @@ func newInspectCmd(g *globals) *cobra.Command {
 				return heuristicErrorf("%s with a heuristic outcome: do what the table above says, then run threepc recover", plural(len(h), "transaction"))
 			}
 			if left := unresolved(rep); len(left) > 0 || len(rep.Unreachable) > 0 {
-				return inDoubtErrorf("%s in doubt (oldest %v): run threepc recover", plural(len(left), "transaction"), oldest(left).Round(time.Second))
+				return inDoubtErrorf("%s in doubt (oldest %v): %s", plural(len(left), "transaction"), oldest(left).Round(time.Second), inspectHint(left, rep, horizon))
 			}
 			fmt.Println("nothing in doubt")
 			return nil
@@ -341,6 +462,26 @@ func newInspectCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&horizon, "horizon", recovery.DefaultHorizon, "the in-flight horizon recover would use")
 	cmd.Flags().BoolVar(&all, "all", false, "also list finished transactions whose rows are kept for the retention period")
 	return cmd
+}
+
+// inspectHint says what to run about what inspect found in doubt. Right
+// after a coordinator died its transactions are younger than the
+// in-flight horizon, which applies to every transaction: a plain recover
+// would leave them alone too.
+func inspectHint(left []recovery.TxReport, rep *recovery.Report, horizon time.Duration) string {
+	var young []recovery.TxReport
+	for _, t := range left {
+		if isYoung(t, horizon) {
+			young = append(young, t)
+		}
+	}
+	switch {
+	case len(young) == 0 || len(rep.Unreachable) > 0:
+		return "run threepc recover"
+	case len(young) == len(left):
+		return fmt.Sprintf("all younger than the in-flight horizon (%v), within which recover leaves every transaction to its coordinator; %s", horizon, waitHint(young, horizon))
+	}
+	return fmt.Sprintf("%d of them younger than the in-flight horizon (%v), within which recover leaves every transaction to its coordinator; %s", len(young), horizon, waitHint(young, horizon))
 }
 
 func oldest(ts []recovery.TxReport) time.Duration {

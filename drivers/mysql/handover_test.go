@@ -43,14 +43,7 @@ func raceServer(t *testing.T, n int) (*harness.Server, *sql.DB) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv, err := harness.Start(ctx, harness.MariaDB, harness.Options{})
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("no MariaDB server: %v", err)
-		}
-		t.Skipf("no MariaDB server: %v", err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := harness.Own(t, harness.MariaDB, harness.Options{})
 	if err := srv.CreateDatabase(ctx, "race"); err != nil {
 		t.Fatal(err)
 	}
