@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -32,6 +33,7 @@ const (
 	envKey       = "THREEPC_IT_KEY"       // the row key the transaction inserts everywhere
 	envTimeout   = "THREEPC_IT_TIMEOUT"   // the coordinator's transaction timeout
 	envRefuse    = "THREEPC_IT_REFUSE"    // a resource whose vote is turned into a failure, to take the abort path
+	envTxs       = "THREEPC_IT_TXS"       // concurrent transactions (default 1); with more, the kill waits for a batch of several rows
 	envOptions   = "THREEPC_IT_OPTIONS"   // comma-separated optimizations: llr, async, batch, ro (MariaDB's read-only vote, off by default); the others are off unless named
 )
 
@@ -78,13 +80,36 @@ func TestHelperCoordinator(t *testing.T) {
 		}
 		rs = append(rs, r)
 	}
+	txs := 1
+	if v := os.Getenv(envTxs); v != "" {
+		if txs, err = strconv.Atoi(v); err != nil || txs < 1 {
+			t.Fatalf("child: %s=%q", envTxs, v)
+		}
+	}
+	// With several transactions, each waits before its decision until all
+	// are there, so that their marker rows queue behind one batch, and the
+	// kill counts only batches of several rows.
+	var arrived atomic.Int32
+	allThere := make(chan struct{})
 	var seen atomic.Int32
 	refuse := os.Getenv(envRefuse)
 	hook := func(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
 		if fp == txmanager.AfterPrepare && res == refuse {
 			return errInjected
 		}
-		if fp == target && int(seen.Add(1)) == k {
+		if txs > 1 && fp == txmanager.BeforeDecide {
+			if int(arrived.Add(1)) == txs {
+				close(allThere)
+			}
+			select {
+			case <-allThere:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		if fp == target && (txs == 1 || strings.Contains(gtid, ",")) && int(seen.Add(1)) == k {
+			if fp == txmanager.AfterBatch {
+				fmt.Printf("batch=%s\n", gtid)
+			}
 			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 			select {} // SIGKILL cannot be caught; wait for it to land
 		}
@@ -105,17 +130,30 @@ func TestHelperCoordinator(t *testing.T) {
 	if err != nil {
 		t.Fatalf("child: %v", err)
 	}
-	key := os.Getenv(envKey)
-	err = m.Run(context.Background(), func(ctx context.Context, tx *txmanager.Tx) error {
-		fmt.Printf("gtid=%s\n", tx.GTID())
-		for _, r := range rs {
-			q := "INSERT INTO crash_rows (k) VALUES (" + ph(r, 1) + ")"
-			if _, err := tx.DB(r.Name()).ExecContext(ctx, q, key); err != nil {
-				return err
+	run := func(key string) error {
+		return m.Run(context.Background(), func(ctx context.Context, tx *txmanager.Tx) error {
+			fmt.Printf("gtid=%s key=%s\n", tx.GTID(), key)
+			for _, r := range rs {
+				q := "INSERT INTO crash_rows (k) VALUES (" + ph(r, 1) + ")"
+				if _, err := tx.DB(r.Name()).ExecContext(ctx, q, key); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+	}
+	key := os.Getenv(envKey)
+	if txs == 1 {
+		err = run(key)
+	} else {
+		errs := make([]error, txs)
+		var wg sync.WaitGroup
+		for i := range txs {
+			wg.Go(func() { errs[i] = run(fmt.Sprintf("%s-%d", key, i)) })
 		}
-		return nil
-	})
+		wg.Wait()
+		err = errors.Join(errs...)
+	}
 	// Reaching this line means the failpoint did not fire as planned.
 	t.Fatalf("child: transaction ended without the crash at %s#%d (seen %d times): %v", target, k, seen.Load(), err)
 }
@@ -130,6 +168,7 @@ type crashRun struct {
 	timeout  time.Duration // default 3s
 	refuse   string        // resource whose (successful) vote is reported as a failure
 	options  string        // envOptions
+	txs      int           // envTxs (0: one transaction)
 }
 
 // child starts the coordinator child process for run; wait for its crash
@@ -159,6 +198,7 @@ func startChild(t testing.TB, run crashRun) *childProc {
 		envTimeout+"="+run.timeout.String(),
 		envRefuse+"="+run.refuse,
 		envOptions+"="+run.options,
+		envTxs+"="+strconv.Itoa(max(run.txs, 1)),
 	)
 	c.cmd.Stdout, c.cmd.Stderr = &c.stdout, &c.stderr
 	if err := c.cmd.Start(); err != nil {
@@ -184,6 +224,7 @@ func (c *childProc) crashed(t testing.TB) (string, time.Time) {
 	sc := bufio.NewScanner(bytes.NewReader(c.stdout.Bytes()))
 	for sc.Scan() {
 		if g, ok := strings.CutPrefix(sc.Text(), "gtid="); ok {
+			g, _, _ = strings.Cut(g, " ")
 			return g, died
 		}
 	}

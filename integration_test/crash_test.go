@@ -1,6 +1,8 @@
 package integration_test
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -225,4 +227,59 @@ func recoverFresh(t *testing.T, rs []resource.Resource, limit time.Duration, opt
 		t.Fatal(err)
 	}
 	return recoverAll(t, sc, rs, limit)
+}
+
+// TestCrashMidBatch kills a coordinator running six transactions at once
+// right after a batch holding several of their decision rows returned, its
+// answers not yet handed out (failpoint after-batch, batching without
+// logging last resource). Recovery must commit every transaction of that
+// batch and leave every transaction all-or-nothing.
+func TestCrashMidBatch(t *testing.T) {
+	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
+		t.Run(string(protocol), func(t *testing.T) {
+			ps := crashParts(t, "mb"+string(protocol[0]), 2)
+			ctx := testCtx(t, time.Minute)
+			key := "mid-batch-" + string(protocol)
+			c := startChild(t, crashRun{parts: ps, protocol: protocol, fp: txmanager.AfterBatch, k: 1, key: key, options: "batch", txs: 6})
+			c.crashed(t)
+			var batch []string
+			keyOf := map[string]string{}
+			sc := bufio.NewScanner(bytes.NewReader(c.stdout.Bytes()))
+			for sc.Scan() {
+				line := sc.Text()
+				if b, ok := strings.CutPrefix(line, "batch="); ok {
+					batch = strings.Split(b, ",")
+				}
+				if g, ok := strings.CutPrefix(line, "gtid="); ok {
+					g, k, _ := strings.Cut(g, " key=")
+					keyOf[g] = k
+				}
+			}
+			if len(batch) < 2 {
+				t.Fatalf("the child died at a batch of %d rows, want several\n%s", len(batch), c.stdout.String())
+			}
+			waitSessionsGone(t, ps)
+			rs := openAll(t, ps)
+			st := recoverFresh(t, rs, 20*time.Second)
+			if len(st.badErrs) > 0 {
+				t.Errorf("recovery errors: %v", st.badErrs)
+			}
+			committed := 0
+			for g, k := range keyOf {
+				var got []int
+				for _, r := range rs {
+					got = append(got, count(t, ctx, r, "SELECT COUNT(*) FROM crash_rows WHERE k = "+ph(r, 1), k))
+				}
+				if got[0] != got[1] {
+					t.Errorf("%s (%s): rows %v across the databases: mixed outcome", g, k, got)
+				}
+				if slices.Contains(batch, g) && got[0] != 1 {
+					t.Errorf("%s (%s): its decision row was in the crashed batch, but rows %v: want committed", g, k, got)
+				}
+				committed += got[0]
+			}
+			checkClean(t, ctx, rs)
+			t.Logf("batch of %d decision rows when the coordinator died; %d of %d transactions committed after recovery (%d scans)", len(batch), committed, len(keyOf), st.scans)
+		})
+	}
 }

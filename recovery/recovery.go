@@ -45,7 +45,7 @@ import (
 const (
 	// DefaultHorizon: transactions younger than this may still be in flight
 	// and are left alone. It must exceed the coordinators' decision window
-	// (txmanager.Manager.DecisionWindow: 35 s with default options).
+	// (txmanager.Manager.DecisionWindow: 40 s with default options).
 	DefaultHorizon = time.Minute
 	// DefaultRetention: abort rows are kept this long, far longer than any
 	// coordinator's decision deadline, so that a paused coordinator can

@@ -229,6 +229,7 @@ var resourceErrorTypes = []ErrorType{
 	{resource.ErrPreparedTransactionsDisabled, "prepared_transactions_disabled"},
 	{resource.ErrMissingPrivilege, "missing_privilege"},
 	{resource.ErrMarkerTableMissing, "marker_table_missing"},
+	{resource.ErrConnectionRejected, "connection_rejected"},
 	{resource.ErrUnreachable, "unreachable"},
 	{resource.ErrUnsupported, "unsupported"},
 	{resource.ErrInvalidName, "invalid_name"},

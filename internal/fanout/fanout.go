@@ -7,7 +7,7 @@ import "sync"
 // Each runs f(0), ..., f(n-1): in parallel, or in order when sequential
 // is set (or n is 1), and returns when all have returned.
 func Each(n int, sequential bool, f func(i int)) {
-	if sequential || n == 1 {
+	if sequential || n <= 1 {
 		for i := range n {
 			f(i)
 		}
