@@ -480,8 +480,15 @@ func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 				t.Errorf("no %s span under transaction %s; its children: %v", p, tx.attrs["threepc.gtid"], spanNames(kids[tx.id]))
 			}
 		}
-		// Under each phase: only database calls. Both branches prepare
-		// and commit; the decision row is inserted at the primary.
+		// Under each phase: only database calls. With the defaults
+		// (logging last resource) the other branch prepares and
+		// commits, and the primary commits one-phase with its decision
+		// row.
+		primary := tx.attrs["threepc.primary"]
+		other := "pg"
+		if primary == "pg" {
+			other = "maria"
+		}
 		for name, ph := range phases {
 			calls := kids[ph.id]
 			for _, c := range calls {
@@ -496,16 +503,16 @@ func testOTLPBankRun(t *testing.T, d dbs, sink *otlpSink, env []string) {
 			}
 			switch name {
 			case "threepc.prepare":
-				if perRes["threepc.branch.prepare@pg"] != 1 || perRes["threepc.branch.prepare@maria"] != 1 {
-					t.Errorf("prepare phase calls %v, want one prepare per branch", perRes)
+				if perRes["threepc.branch.prepare@"+other] != 1 || perRes["threepc.branch.prepare@"+primary] != 0 {
+					t.Errorf("prepare phase calls %v, want one prepare, at %s (not at the primary %s)", perRes, other, primary)
 				}
 			case "threepc.commit":
-				if perRes["threepc.branch.commit@pg"] != 1 || perRes["threepc.branch.commit@maria"] != 1 {
-					t.Errorf("commit phase calls %v, want one commit per branch", perRes)
+				if perRes["threepc.branch.commit@"+other] != 1 || len(perRes) != 1 {
+					t.Errorf("commit phase calls %v, want one commit, at %s", perRes, other)
 				}
 			case "threepc.decide":
-				if perRes["threepc.branch.insert_marker@"+tx.attrs["threepc.primary"]] != 1 {
-					t.Errorf("decide phase calls %v, want the decision row at the primary %s", perRes, tx.attrs["threepc.primary"])
+				if perRes["threepc.branch.commit_with_marker@"+primary] != 1 {
+					t.Errorf("decide phase calls %v, want the primary %s's commit with its decision row", perRes, primary)
 				}
 			}
 		}
@@ -592,7 +599,9 @@ func testOTLPRecover(t *testing.T, d dbs, sink *otlpSink, env []string) {
 	if commit == nil {
 		t.Fatalf("no %s span with action commit for %s; resolve spans of it: %v", tracing.ResolveSpanName, gtid, resolved)
 	}
-	if commit.attrs["threepc.primary"] == "" || commit.attrs["threepc.recovery.reason"] == "" || commit.attrs["threepc.recovery.branches"] != "2" {
+	// One prepared branch: with logging last resource (the default) the
+	// primary committed with its decision row, and only the other waits.
+	if commit.attrs["threepc.primary"] == "" || commit.attrs["threepc.recovery.reason"] == "" || commit.attrs["threepc.recovery.branches"] != "1" {
 		t.Errorf("resolve span attributes %v", commit.attrs)
 	}
 	calls := kids[commit.id]
