@@ -62,9 +62,9 @@ type benchResult struct {
 	HeapEndBytes   uint64 `json:"heap_end_bytes"`
 }
 
-// benchVariant is a protocol of the bench with optimizations switched
-// on: "3pc+llr+ro" is the library's 3PC with logging last resource and
-// the MySQL read-only vote.
+// benchVariant is a protocol of the bench with options changed from the
+// defaults: "3pc+nollr+ro" is the library's 3PC without logging last
+// resource, with the MySQL read-only vote.
 type benchVariant struct {
 	name        string
 	base        bank.Protocol
@@ -72,21 +72,24 @@ type benchVariant struct {
 	mysqlParams string // added to every mysql:// URL
 }
 
-// benchModifiers are the optimizations a variant can switch on, in the
-// order they are written.
+// benchModifiers are the options a variant can change, in the order they
+// are written.
 var benchModifiers = []struct {
 	name, help  string
 	opt         txmanager.Option
 	mysqlParams string
 }{
-	{name: "llr", help: "logging last resource: the primary commits one-phase with its decision row", opt: txmanager.WithLastResource(true)},
-	{name: "async", help: "asynchronous, batched marker clean-up: Commit returns once the branches are committed", opt: txmanager.WithAsyncCleanup(true)},
+	{name: "nollr", help: "no logging last resource: the primary is prepared and committed like the others, its decision row inserted apart", opt: txmanager.WithLastResource(false)},
+	{name: "nobatch", help: "no batched decisions: every marker row is a statement of its own", opt: txmanager.WithBatching(false)},
+	{name: "noasync", help: "synchronous marker clean-up: Commit returns once the rows are settled", opt: txmanager.WithAsyncCleanup(false)},
 	{name: "ro", help: "read-only vote on MySQL/MariaDB (costs two status queries per branch)", mysqlParams: mysql.ParamReadOnlyVote + "=true"},
 }
 
 // removedModifiers are options that are gone, with what to write instead.
 var removedModifiers = map[string]string{
-	"noro": "the MySQL read-only vote is off by default now; drop +noro (+ro turns the vote on)",
+	"noro":  "the MySQL read-only vote is off by default now; drop +noro (+ro turns the vote on)",
+	"llr":   "logging last resource is on by default now; drop +llr (+nollr switches it off)",
+	"async": "asynchronous clean-up is on by default now; drop +async (+noasync switches it off)",
 }
 
 func parseBenchVariant(s string) (benchVariant, error) {
@@ -174,16 +177,22 @@ for every protocol and concurrency, on the same databases in one run:
   2pc             the library in two-phase commit mode
   3pc             the library in three-phase commit mode
 
-Optimizations are switched on per protocol with +NAME suffixes, e.g.
-3pc+llr+async:
+The library runs with its defaults (logging last resource, batched
+decisions, asynchronous clean-up); +NAME suffixes change them per protocol,
+e.g. 3pc+nollr+nobatch+noasync for the plain protocol:
 
-  llr       logging last resource: the primary commits one-phase with its
-            decision row inside its own transaction
-  async     asynchronous, batched marker clean-up: Commit returns as soon
-            as every branch is committed
+  nollr     no logging last resource: the primary is prepared and
+            committed like every branch, its decision row apart
+  nobatch   no batched decisions: every decision and pre-commit row is a
+            statement of its own
+  noasync   synchronous marker clean-up: Commit returns once the marker
+            rows are settled
   ro        read-only vote on MySQL/MariaDB: a branch that wrote nothing
             commits at the vote, at the cost of two status queries per
             branch (off by default)
+
+--participants 2,3,5,8 runs transfers over that many databases (give at
+least as many with --db; scripts/benchservers makes eight).
 
 Every transfer writes the bank's ledger (see bank check), and bench prints
 the aborted (by the transaction timeout) and in-doubt counts per cell.
@@ -335,7 +344,7 @@ handwritten2pc.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +llr, +async, +ro options on 2pc and 3pc")
+	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +nollr, +nobatch, +noasync, +ro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell")

@@ -435,8 +435,8 @@ func TestBench(t *testing.T) {
 		}
 	}
 	want(t, cli(t, d.args("bank", "setup", "--reset", "--accounts", "500")...), 0)
-	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+llr+async+ro,2pc+llr", "--concurrency", "2", "--duration", "200ms", "--json")...)
-	want(t, r, 0, "3pc+llr+async+ro")
+	r = cli(t, d.args("bench", "--protocols", "3pc,3pc+nollr+nobatch+noasync+ro,2pc+nollr", "--concurrency", "2", "--duration", "200ms", "--json")...)
+	want(t, r, 0, "3pc+nollr+nobatch+noasync+ro")
 	wantQuiet(t, r)
 	res = benchResult{}
 	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
