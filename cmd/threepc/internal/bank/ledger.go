@@ -201,6 +201,20 @@ func (rec *outcomeRecorder) flush() {
 func (rec *outcomeRecorder) insert(rows []outcomeRow) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if rec.dialect == "postgres" {
+		// One statement text whatever the batch's size: pgx caches a
+		// prepared statement per text and connection, and a text per
+		// size would fill that cache (and the heap of a long run).
+		cols := make([][]string, 5)
+		for _, o := range rows {
+			for k, v := range []string{o.transfer, o.outcome, o.participants, o.protocol, o.detail} {
+				cols[k] = append(cols[k], v)
+			}
+		}
+		_, err := rec.r.DB().ExecContext(ctx, "INSERT INTO "+OutcomeTable+" (transfer, outcome, participants, protocol, detail) "+
+			"SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])", cols[0], cols[1], cols[2], cols[3], cols[4])
+		return err
+	}
 	var b strings.Builder
 	b.WriteString("INSERT INTO " + OutcomeTable + " (transfer, outcome, participants, protocol, detail) VALUES ")
 	args := make([]any, 0, 5*len(rows))
