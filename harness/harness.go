@@ -44,6 +44,10 @@
 // and not the machine. When the test binary runs as root the servers run
 // as the postgres or mysql OS user (or nobody).
 //
+// Options.NetNS and Options.Host start a server inside an existing
+// network namespace, listening on one of its addresses; everything else
+// (port range, identity check, Kill, Restart) works as on loopback.
+//
 // Server directories live in /dev/shm when it is a tmpfs with room (else
 // the temporary directory). The first Start of a kind keeps a copy of the
 // freshly initialised data directory there
@@ -88,6 +92,18 @@ type Options struct {
 	// Log receives one line per server event (start, kill, restart); nil
 	// discards them.
 	Log func(format string, args ...any)
+	// NetNS, when set, is the network namespace the server runs in: a
+	// path (/var/run/netns/NAME, as `ip netns add NAME` makes it) or a
+	// bare NAME looked up there. Entering one needs root. Partition tests
+	// use it to cut a server off by the kernel's routing instead of a
+	// proxy. Such a server lets the admin user in from every address
+	// (its clients come over the namespace's link, not from 127.0.0.1).
+	NetNS string
+	// Host is the IP address the server listens on and clients connect
+	// to; default 127.0.0.1. An address that is not a loopback one is
+	// accepted only with NetNS (an address of that namespace, reached
+	// over a veth pair, say): tests must never reach another machine.
+	Host string
 }
 
 // TB is the part of testing.TB the harness uses.

@@ -75,9 +75,12 @@ func (s *Server) initData(ctx context.Context) error {
 }
 
 func (s *Server) postgresArgs() []string {
-	settings := merge(postgresDefaults, s.opts.Settings)
+	settings := merge(merge(postgresDefaults, map[string]string{"listen_addresses": s.host}), s.opts.Settings)
 	settings["port"] = strconv.Itoa(s.port)
 	settings["unix_socket_directories"] = s.dir
+	if s.opts.NetNS != "" {
+		settings["hba_file"] = filepath.Join(s.dir, netHBAFile)
+	}
 	args := []string{"-D", s.dataDir}
 	for _, k := range sortedKeys(settings) {
 		args = append(args, "-c", k+"="+settings[k])
@@ -91,7 +94,7 @@ func (s *Server) mariadbArgs() []string {
 	args := []string{"--no-defaults",
 		"--datadir=" + s.dataDir,
 		"--port=" + strconv.Itoa(s.port),
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + s.host,
 		"--socket=" + filepath.Join(s.dir, "mysql.sock"),
 		"--pid-file=" + filepath.Join(s.dir, "mariadbd.pid"),
 		"--tmpdir=" + s.dir,

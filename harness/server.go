@@ -81,8 +81,8 @@ var (
 )
 
 // Start creates a fresh data directory for kind in a new temporary
-// directory, starts the server on a free 127.0.0.1 port below the
-// ephemeral range and waits until it accepts connections and proves to be
+// directory, starts the server on a free port of 127.0.0.1 (or
+// Options.Host) below the ephemeral range and waits until it accepts connections and proves to be
 // the server just started (by its data directory). When the port turns
 // out to be taken, Start tries a few others. The caller must Close the
 // server.
@@ -102,6 +102,10 @@ func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*
 	if err != nil {
 		return nil, err
 	}
+	host, err := listenHost(opts)
+	if err != nil {
+		return nil, err
+	}
 	if opts.Dir == "" {
 		opts.Dir = defaultParent()
 	}
@@ -113,7 +117,7 @@ func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*
 	s := &Server{
 		kind:    kind,
 		opts:    opts,
-		host:    "127.0.0.1",
+		host:    host,
 		dir:     dir,
 		dataDir: filepath.Join(dir, "data"),
 		logPath: filepath.Join(dir, "server.log"),
@@ -193,6 +197,35 @@ func startWith(ctx context.Context, kind Kind, opts Options, pick portPicker) (*
 	s.logf("harness: %s started on %s in %v (%s %v), dir %s", kind, s.Addr(),
 		time.Since(t0).Round(time.Millisecond), how, t1.Sub(t0).Round(time.Millisecond), dir)
 	return s, nil
+}
+
+// listenHost returns the address a server of opts listens on, checking
+// that it is loopback unless the server runs in a network namespace.
+func listenHost(opts Options) (string, error) {
+	if opts.Host == "" {
+		return "127.0.0.1", nil
+	}
+	ip := net.ParseIP(opts.Host)
+	switch {
+	case ip == nil:
+		return "", fmt.Errorf("harness: Options.Host %q is not an IP address", opts.Host)
+	case !ip.IsLoopback() && opts.NetNS == "":
+		return "", fmt.Errorf("harness: Options.Host %s is not a loopback address; other addresses need Options.NetNS (an address inside a network namespace the test made)", opts.Host)
+	}
+	if opts.NetNS != "" {
+		if _, err := os.Stat(netNSPath(opts.NetNS)); err != nil {
+			return "", fmt.Errorf("harness: network namespace: %w", err)
+		}
+	}
+	return ip.String(), nil
+}
+
+// netNSPath is the file of a network namespace given by name or path.
+func netNSPath(ns string) string {
+	if strings.ContainsRune(ns, '/') {
+		return ns
+	}
+	return filepath.Join("/var/run/netns", ns)
 }
 
 // Kind reports the server kind.
@@ -387,6 +420,9 @@ func (s *Server) start(ctx context.Context) error {
 	case MariaDB:
 		args = s.mariadbArgs()
 	}
+	if err := s.writeNetHBA(); err != nil {
+		return err
+	}
 	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("harness: %w", err)
@@ -400,7 +436,7 @@ func (s *Server) start(ctx context.Context) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = s.sysProcAttr()
-	p, err := spawn(cmd)
+	p, err := spawn(cmd, s.opts.NetNS)
 	if err != nil {
 		return fmt.Errorf("harness: start %s: %w", s.bin.server, err)
 	}
@@ -418,13 +454,22 @@ func (s *Server) start(ctx context.Context) error {
 
 // spawn starts cmd from a goroutine locked to its OS thread that stays
 // alive until the child exits: Linux sends Pdeathsig when the creating
-// thread ends, not the process, and Go may end idle threads.
-func spawn(cmd *exec.Cmd) (*process, error) {
+// thread ends, not the process, and Go may end idle threads. With netns
+// the thread first enters that network namespace, which the child
+// inherits; the thread is never unlocked, so it ends with the goroutine
+// instead of running other goroutines inside the namespace (and the Go
+// runtime creates no threads from a locked one).
+func spawn(cmd *exec.Cmd, netns string) (*process, error) {
 	started := make(chan error, 1)
 	p := &process{exited: make(chan struct{})}
 	go func() {
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		if netns == "" {
+			defer runtime.UnlockOSThread()
+		} else if err := enterNetNS(netns); err != nil {
+			started <- err
+			return
+		}
 		if err := cmd.Start(); err != nil {
 			started <- err
 			return
@@ -454,9 +499,19 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 	}
 	defer db.Close()
 	var last error
+	remoteRoot := s.kind != MariaDB || s.opts.NetNS == "" // done, or not needed
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-		last = s.checkIdentity(pctx, db)
+		if !remoteRoot {
+			// Until then every connection from outside the namespace is
+			// refused; the socket answers once the server is up.
+			if last = s.allowRemoteRoot(pctx); last == nil {
+				remoteRoot = true
+			}
+		}
+		if remoteRoot {
+			last = s.checkIdentity(pctx, db)
+		}
 		pcancel()
 		if last == nil || errors.Is(last, errForeignServer) {
 			return last

@@ -1,11 +1,14 @@
 package harness
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // sysProcAttr puts the server in its own process group (so Kill reaches
@@ -44,4 +47,20 @@ func removeSysVSegment(dataDir string) {
 	}
 	const ipcRMID = 0
 	_, _, _ = syscall.Syscall(syscall.SYS_SHMCTL, uintptr(shmid), ipcRMID, 0)
+}
+
+// enterNetNS moves the calling OS thread into the network namespace ns
+// (a name or a path, see Options.NetNS). The caller has locked the
+// thread and never unlocks it.
+func enterNetNS(ns string) error {
+	path := netNSPath(ns)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("harness: network namespace: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("harness: enter network namespace %s: %w", path, err)
+	}
+	return nil
 }

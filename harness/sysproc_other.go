@@ -2,7 +2,10 @@
 
 package harness
 
-import "syscall"
+import (
+	"fmt"
+	"syscall"
+)
 
 // sysProcAttr puts the server in its own process group and drops root
 // privileges. Without Linux's parent-death signal a server can outlive a
@@ -17,3 +20,8 @@ func (s *Server) sysProcAttr() *syscall.SysProcAttr {
 // removeSysVSegment is a no-op off Linux: the leftover segment stays until
 // the machine restarts.
 func removeSysVSegment(string) {}
+
+// enterNetNS fails off Linux, which has no network namespaces.
+func enterNetNS(ns string) error {
+	return fmt.Errorf("harness: network namespace %s: only on Linux", ns)
+}

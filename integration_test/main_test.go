@@ -8,7 +8,6 @@ package integration_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -407,34 +406,21 @@ func count(t testing.TB, ctx context.Context, r resource.Resource, q string, arg
 
 func gtidTime(gtid string) time.Time { return resource.GTIDTime(gtid) }
 
-// waitSessionsGone waits until no session is connected to the MariaDB
-// databases of ps. After a coordinator's crash the server needs a moment
-// to notice the closed sockets; until it has, a branch the dead session
-// prepared but had not yet detached is missing from XA RECOVER, and a
-// recovery run that starts too early could finish without seeing it. Call
-// it before opening any pool on those databases.
+// waitSessionsGone waits until no session is connected to the databases
+// of ps. A killed coordinator's statements are not over when the process
+// is: the server runs what the dead process had sent (a ROLLBACK PREPARED
+// or COMMIT PREPARED in flight completes after its death) and only then
+// reads the end of the connection. Until every such session has ended
+// the state is still changing: a PostgreSQL branch seen prepared may be
+// rolled back a moment later, without recovery, and on MariaDB a branch
+// the dead session prepared but had not yet detached is missing from XA
+// RECOVER, so a recovery run that starts too early could finish without
+// seeing it. Call it before opening any pool on those databases.
 func waitSessionsGone(t testing.TB, ps []part) {
 	t.Helper()
 	for _, p := range ps {
-		if p.srv.Kind() != harness.MariaDB {
-			continue
+		if err := p.srv.WaitIdle(testCtx(t, 10*time.Second), p.db); err != nil {
+			t.Fatalf("sessions of %s: %v", p.name, err)
 		}
-		db, err := sql.Open("mysql", p.srv.DSN(""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx := testCtx(t, 10*time.Second)
-		for {
-			var n int
-			if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ?", p.db).Scan(&n); err != nil {
-				db.Close()
-				t.Fatalf("processlist of %s: %v", p.name, err)
-			}
-			if n == 0 {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		db.Close()
 	}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian machine: the PostgreSQL and
 # MariaDB server binaries (the tests start their own throwaway servers, so
-# the system services are not started) and procps. Idempotent: when
+# the system services are not started), procps and iproute2 (the partition
+# tests make network namespaces with ip). Idempotent: when
 # everything is there it does nothing and touches no network.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ have_program() {
 have_postgres || missing+=(postgresql)
 { have_program mariadbd && have_program mariadb-install-db; } || missing+=(mariadb-server)
 have_program ps || missing+=(procps)
+have_program ip || missing+=(iproute2)
 have_program git || missing+=(git)
 [[ -e /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 
