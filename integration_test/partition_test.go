@@ -321,7 +321,12 @@ func runPartitionCase(t *testing.T, ps []part, links []*netns.Link, c partCase) 
 		}
 		return nil
 	}
+	// The matrix is the protocol's own steps: every branch prepared and
+	// committed, clean-up inside Commit (batched marker rows stay on, as
+	// by default). Logging last resource's lost commit answer is tested
+	// in decision_test.go.
 	m, err := txmanager.New(rs, txmanager.WithProtocol(c.proto), txmanager.WithFailpoints(hook),
+		txmanager.WithLastResource(false), txmanager.WithAsyncCleanup(false),
 		txmanager.WithTimeout(hangTimeout), txmanager.WithDecideTimeout(hangDecide),
 		txmanager.WithCommitTimeout(hangCommit), txmanager.WithCleanupTimeout(hangCleanup),
 		txmanager.WithLogger(quiet))
