@@ -21,14 +21,15 @@ import (
 // marker rows share a batch (WithBatching), and crashes the coordinator
 // in the middle of that batch: before the statement (fail-before), after
 // it took effect with the answer lost (fail-after), or after the answer
-// came back but before it was handed out (the after-batch failpoint).
+// came back but before it was handed out (the after-batch failpoint); or
+// refuses the batch, whose rows must then go again one by one and commit.
 // Recovery must then finish every transaction one way, consistently with
 // whatever the coordinator had already told its callers.
 func TestModelBatchCrash(t *testing.T) {
 	const txs = 6
 	for _, proto := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
 		for _, llr := range []bool{false, true} {
-			for _, how := range []string{"fail-before", "fail-after", "after-batch"} {
+			for _, how := range []string{"fail-before", "fail-after", "after-batch", "refused"} {
 				for _, which := range []string{"decision", "precommit"} {
 					if which == "decision" && llr {
 						continue // the decision is inside the primary's commit
@@ -63,6 +64,7 @@ func runBatchCrash(t *testing.T, proto txmanager.Protocol, llr bool, which, how 
 	var (
 		mu       sync.Mutex
 		crashed  bool
+		faulted  bool // the fault hit a batch of several rows
 		batched  int
 		arrivals int
 		gate     = make(chan struct{})
@@ -93,7 +95,7 @@ func runBatchCrash(t *testing.T, proto txmanager.Protocol, llr bool, which, how 
 			}
 			return nil
 		case fp == txmanager.AfterBatch && how == "after-batch" && isTarget(res) && strings.Contains(gtid, ","):
-			crashed, batched = true, strings.Count(gtid, ",")+1
+			crashed, faulted, batched = true, true, strings.Count(gtid, ",")+1
 			mu.Unlock()
 			coord.Crash()
 			return errCrashed
@@ -107,16 +109,18 @@ func runBatchCrash(t *testing.T, proto txmanager.Protocol, llr bool, which, how 
 		fault = memres.FailBefore
 	case "fail-after":
 		fault = memres.FailAfter
+	case "refused":
+		fault = memres.Refuse // nothing went in: the rows go again one by one
 	}
 	slowed := false
 	world.Fault = func(op memres.Op) memres.Fault {
-		if op.Kind != "insert-markers" || !isTarget(op.DB) || op.State != state {
+		if op.Kind != "insert-markers" && op.Kind != "insert-marker" || !isTarget(op.DB) || op.State != state {
 			return memres.NoFault
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {
-		case op.Rows == 1 && !slowed:
+		case op.Rows <= 1 && !slowed:
 			// The first batch, the leader's row alone, is slow, as on a
 			// real network: the others' rows queue behind it.
 			slowed = true
@@ -124,15 +128,16 @@ func runBatchCrash(t *testing.T, proto txmanager.Protocol, llr bool, which, how 
 			time.Sleep(50 * time.Millisecond)
 			mu.Lock()
 			return memres.NoFault
-		case crashed || op.Rows < 2 || fault == memres.NoFault:
+		case faulted || op.Rows < 2 || fault == memres.NoFault:
 			return memres.NoFault
 		}
-		crashed, batched = true, op.Rows
+		faulted, batched = true, op.Rows
+		crashed = how != "refused" // the others crash right after it
 		return fault
 	}
 	if fault != memres.NoFault {
 		world.AfterOp = func(op memres.Op) {
-			if op.Kind == "insert-markers" && op.Rows == batched && isTarget(op.DB) {
+			if how != "refused" && op.Kind == "insert-markers" && op.Rows == batched && isTarget(op.DB) {
 				coord.Crash() // right after the faulted batch
 			}
 		}
@@ -178,8 +183,16 @@ func runBatchCrash(t *testing.T, proto txmanager.Protocol, llr bool, which, how 
 		})
 	}
 	wg.Wait()
-	if !crashed {
-		t.Fatalf("the coordinator never crashed mid-batch; trace:\n%s", strings.Join(world.Trace, "\n"))
+	if !faulted {
+		t.Fatalf("the fault never hit a batch of several rows; trace:\n%s", strings.Join(world.Trace, "\n"))
+	}
+	if how == "refused" {
+		// Nothing went in, each row went again alone: all commit.
+		for i, err := range errs {
+			if err != nil {
+				t.Errorf("tx %d after a refused batch: %v, want committed", i, err)
+			}
+		}
 	}
 	// What each caller was told must be true now and stay true.
 	for i, err := range errs {

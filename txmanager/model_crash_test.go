@@ -49,16 +49,18 @@ var crashVariants = []crashVariant{
 		}
 		return fltNone
 	}},
-	// The answer to a batch of marker rows is lost (it took effect).
-	{name: "lost batch answer", crash: true, batch: true, fault: func(l string) int {
-		if strings.HasPrefix(l, "fault coord insert-markers@") {
+	// The answer to every marker insert of the coordinator is lost (it
+	// took effect), batched or not (a row alone goes as a plain insert;
+	// batches of several rows are TestModelBatchCrash's).
+	{name: "lost marker answer", crash: true, fault: func(l string) int {
+		if strings.HasPrefix(l, "fault coord insert-marker") {
 			return fltAfter
 		}
 		return fltNone
 	}},
-	// A batch of marker rows is refused: each row goes again alone.
-	{name: "refused batch", crash: true, batch: true, fault: func(l string) int {
-		if strings.HasPrefix(l, "fault coord insert-markers@") {
+	// Every marker insert of the coordinator is refused once.
+	{name: "refused marker insert", crash: true, fault: func(l string) int {
+		if strings.HasPrefix(l, "fault coord insert-marker") {
 			return fltRefuse
 		}
 		return fltNone
