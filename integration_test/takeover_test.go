@@ -74,14 +74,16 @@ func TestTakeOver(t *testing.T) {
 			}
 		})
 	}
+	// Stop the peer first: holding mu while waiting for it would deadlock
+	// with a scan that ends meanwhile and waits for mu in its callback.
+	stop()
+	wg.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	if len(st.badErrs) > 0 {
 		t.Errorf("peer scanner errors: %v", st.badErrs)
 	}
 	t.Logf("peer scanner: %d scans, %d actions, %d busy-branch answers", st.scans, st.actions, st.benignErrs)
-	stop()
-	wg.Wait()
 	// Clean-up of markers is the peer's job too; give it the last word
 	// and check.
 	recoverFresh(t, watch, 10*time.Second)
