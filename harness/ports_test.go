@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -138,6 +139,34 @@ func checkOurs(t *testing.T, s *Server) {
 	db.Close()
 }
 
+// listenOnPicked takes a picked port for a listener of the test's own.
+// The port can be taken between the pick's bind check and this bind:
+// where the kernel's ephemeral range covers the harness range (as
+// "1024 65535" does), by any outgoing connection. Such a port is picked
+// again, as Start does for its servers.
+func listenOnPicked(t *testing.T) (int, net.Listener) {
+	t.Helper()
+	var last error
+	for range maxPortAttempts {
+		port, release, err := pickPort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(release)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			return port, l
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatal(err)
+		}
+		last = err
+		t.Logf("picked port %d was taken before the test bound it: %v", port, err)
+	}
+	t.Fatalf("no picked port could be bound in %d attempts: %v", maxPortAttempts, last)
+	return 0, nil
+}
+
 // TestStartOnTakenPort: when another program listens on the port Start
 // picked, the server fails to bind and Start succeeds on another port,
 // below the ephemeral range, which stays reserved across Kill and
@@ -146,15 +175,7 @@ func TestStartOnTakenPort(t *testing.T) {
 	for _, kind := range []Kind{Postgres, MariaDB} {
 		t.Run(string(kind), func(t *testing.T) {
 			t.Parallel()
-			port, release, err := pickPort()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer release()
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-			if err != nil {
-				t.Fatal(err)
-			}
+			port, l := listenOnPicked(t)
 			defer l.Close()
 			go func() {
 				// Hang up at once, as a server of another protocol
