@@ -63,19 +63,19 @@ func (e workError) Error() string { return "work: " + e.err.Error() }
 func (e workError) Unwrap() error { return e.err }
 
 func classify(err error) outcome {
-	var we workError
-	switch {
-	case err == nil:
-		return outCommitted
-	case errors.As(err, &we):
+	if we := (workError{}); errors.As(err, &we) {
 		return outWorkFailed
-	case errors.Is(err, txmanager.ErrCommitPending):
+	}
+	switch txmanager.OutcomeOf(err) {
+	case txmanager.OutcomeCommitted:
+		return outCommitted
+	case txmanager.OutcomeCommitPending:
 		return outPending
-	case errors.Is(err, txmanager.ErrAborted):
+	case txmanager.OutcomeAborted:
 		return outAborted
-	case errors.Is(err, txmanager.ErrInDoubt):
+	case txmanager.OutcomeInDoubt:
 		return outInDoubt
-	case errors.Is(err, txmanager.ErrHeuristic):
+	case txmanager.OutcomeHeuristic:
 		return outHeuristic
 	}
 	return outUnclassified

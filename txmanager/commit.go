@@ -34,7 +34,7 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		return err
 	}
 	defer tx.releaseStatements()
-	defer func() { tx.endTelemetry(outcomeOf(err), err) }()
+	defer func() { tx.endTelemetry(telemetryOutcome(OutcomeOf(err)), err) }()
 	ctx = tx.tel.Context(ctx)
 	m := tx.m
 	if tx.failed != nil {

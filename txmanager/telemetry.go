@@ -1,8 +1,6 @@
 package txmanager
 
 import (
-	"errors"
-
 	"github.com/threepc/threepc/tracing"
 )
 
@@ -20,17 +18,18 @@ func newTelemetry(o options) *tracing.Coordinator {
 	return tracing.NewCoordinator(o.tracerProvider, o.meterProvider, string(o.protocol), errorTypes...)
 }
 
-// outcomeOf classifies Commit's error.
-func outcomeOf(err error) tracing.Outcome {
-	switch {
-	case err == nil:
+// telemetryOutcome is o as the threepc.outcome attribute: an error that
+// is no outcome of ours (ErrTxDone) counts as aborted.
+func telemetryOutcome(o Outcome) tracing.Outcome {
+	switch o {
+	case OutcomeCommitted:
 		return tracing.OutcomeCommitted
-	case errors.Is(err, ErrHeuristic):
-		return tracing.OutcomeHeuristic
-	case errors.Is(err, ErrCommitPending):
-		return tracing.OutcomeCommitPending
-	case errors.Is(err, ErrInDoubt):
+	case OutcomeInDoubt:
 		return tracing.OutcomeInDoubt
+	case OutcomeCommitPending:
+		return tracing.OutcomeCommitPending
+	case OutcomeHeuristic:
+		return tracing.OutcomeHeuristic
 	}
 	return tracing.OutcomeAborted
 }

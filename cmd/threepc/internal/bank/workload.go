@@ -237,16 +237,16 @@ type Result struct {
 
 // Classify maps a commit error to an Outcome.
 func Classify(err error) Outcome {
-	switch {
-	case err == nil:
+	switch txmanager.OutcomeOf(err) {
+	case txmanager.OutcomeCommitted:
 		return Committed
-	case errors.Is(err, txmanager.ErrHeuristic):
+	case txmanager.OutcomeHeuristic:
 		return Heuristic
-	case errors.Is(err, txmanager.ErrInDoubt):
+	case txmanager.OutcomeInDoubt:
 		return InDoubt
-	case errors.Is(err, txmanager.ErrCommitPending):
+	case txmanager.OutcomeCommitPending:
 		return CommitPending
-	case errors.Is(err, txmanager.ErrAborted):
+	case txmanager.OutcomeAborted:
 		return Aborted
 	}
 	return Failed
