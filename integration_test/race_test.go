@@ -30,7 +30,7 @@ func TestRaceScanWhilePaused(t *testing.T) {
 	ps := []part{newPart(t, pg, "race_pg", crashTable), newPart(t, my, "race_my", crashTable)}
 	coordRs := openAll(t, ps)
 	for _, protocol := range []txmanager.Protocol{txmanager.TwoPC, txmanager.ThreePC} {
-		for _, fp := range txmanager.Failpoints {
+		for _, fp := range txmanager.Failpoints() {
 			switch fp {
 			case txmanager.BeforeRollback, txmanager.AfterRollback, txmanager.BeforeOnePhase:
 				continue // not on the commit path of a two-participant transaction

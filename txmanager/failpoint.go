@@ -1,6 +1,9 @@
 package txmanager
 
-import "context"
+import (
+	"context"
+	"slices"
+)
 
 // Failpoint names one step of the protocol at which tests inject faults:
 // a crash (the hook kills the process, or blocks), an error, or a pause
@@ -31,12 +34,16 @@ const (
 	BeforeOnePhase  Failpoint = "before-one-phase" // single-participant commit
 )
 
-// Failpoints lists the catalogue in protocol order.
-var Failpoints = []Failpoint{
+// catalogue is every failpoint in protocol order.
+var catalogue = [...]Failpoint{
 	BeforePrepare, AfterPrepare, BeforeDecide, AfterBatch, AfterDecide,
 	BeforePreCommit, AfterPreCommit, BeforeCommit, AfterCommit,
 	BeforeCleanup, AfterCleanup, BeforeRollback, AfterRollback, BeforeOnePhase,
 }
+
+// Failpoints returns the catalogue in protocol order, a new slice on
+// every call.
+func Failpoints() []Failpoint { return slices.Clone(catalogue[:]) }
 
 // FailpointFunc is called at every failpoint when set with WithFailpoints.
 // A non-nil error is injected as that step's failure, as if the database

@@ -127,7 +127,7 @@ func TestModelEveryCrashPoint(t *testing.T) {
 						// changes: asynchronous clean-up is covered with it.
 						continue
 					}
-					for _, fp := range txmanager.Failpoints {
+					for _, fp := range txmanager.Failpoints() {
 						for k := 1; k <= n; k++ {
 							sc := scenario{n: n, protocol: p, llr: &llr, async: &async, batch: &batch, faults: true, pauses: !v.crash}
 							if v.crash {

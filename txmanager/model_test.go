@@ -188,9 +188,9 @@ func (sc scenario) run(c chooser) result {
 	}
 	crashAt, crashK := sc.crashAt, sc.crashK
 	if crashAt == "" {
-		i := c.Int("crash-at", 0, len(txmanager.Failpoints))
-		if i < len(txmanager.Failpoints) {
-			crashAt = txmanager.Failpoints[i]
+		i := c.Int("crash-at", 0, len(txmanager.Failpoints()))
+		if i < len(txmanager.Failpoints()) {
+			crashAt = txmanager.Failpoints()[i]
 			crashK = c.Int("crash-k", 1, n)
 		}
 	}
