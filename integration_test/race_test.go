@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/threepc/threepc/harness"
-	"github.com/threepc/threepc/internal/seeded"
 	"github.com/threepc/threepc/recovery"
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
@@ -161,38 +159,6 @@ func racePaused(t *testing.T, ps []part, coordRs []resource.Resource, protocol t
 	t.Logf("paused at %s on %s; scans did %v (%d busy-branch answers); coordinator: %v; rows: %v",
 		target, at, actions, st.benignErrs, cerr, n)
 	return problems
-}
-
-// TestRaceSeededBugsAreCaught plants the protocol bugs of package seeded
-// in the recovery scanner and shows that the paused-coordinator race
-// then breaks an invariant: the race tests above have the power to fail.
-func TestRaceSeededBugsAreCaught(t *testing.T) {
-	pg := harness.Shared(t, harness.Postgres)
-	my := harness.Shared(t, harness.MariaDB)
-	for _, bug := range []struct {
-		name string
-		flag *atomic.Bool
-	}{
-		{"abort-without-fence", &seeded.AbortWithoutFence},
-		{"early-abort-cleanup", &seeded.EarlyAbortCleanup},
-	} {
-		t.Run(bug.name, func(t *testing.T) {
-			ps := []part{newPart(t, pg, "seed_pg", crashTable), newPart(t, my, "seed_my", crashTable)}
-			bug.flag.Store(true)
-			defer bug.flag.Store(false)
-			problems := racePaused(t, ps, openAll(t, ps), txmanager.ThreePC, txmanager.BeforeDecide)
-			if len(problems) == 0 {
-				t.Errorf("seeded bug %s went unnoticed", bug.name)
-			}
-			for _, p := range problems {
-				t.Logf("caught, as expected: %s", p)
-			}
-			// Leave nothing behind for later tests.
-			rs := openAll(t, ps)
-			_, heuristic := recoverHeuristic(t, rs, 20*time.Second)
-			repairHeuristic(t, rs, heuristic)
-		})
-	}
 }
 
 // TestRaceTwoScanners runs two scanners, each with its own pools, at the

@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 if [[ -x /usr/local/go/bin/go ]]; then
 	export PATH="/usr/local/go/bin:$PATH"
 fi
-exec go test -race -count=1 -p 1 -timeout 20m "$@" ./...
+# threepc_seeded builds the tests that plant protocol bugs (internal/seeded).
+exec go test -race -count=1 -p 1 -timeout 20m -tags threepc_seeded "$@" ./...

@@ -2,6 +2,7 @@ package txmanager_test
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -161,63 +162,16 @@ func TestModelEveryCrashPoint(t *testing.T) {
 	}
 }
 
-// TestModelSeededBugs proves the checker's power: each planted protocol
-// bug must be caught by a bounded random search.
-func TestModelSeededBugs(t *testing.T) {
-	bugs := []struct {
-		name   string
-		flag   interface{ Store(bool) }
-		budget uint64 // 0: the default budget
-		// single pins single-row marker inserts: the bug's scenario
-		// is rare, and the budget was found for that path (batching
-		// changes the operation sequence, not recovery).
-		single bool
-	}{
-		{"abort without fence", &seeded.AbortWithoutFence, 0, false},
-		{"abort rows deleted before the coordinator's deadline", &seeded.EarlyAbortCleanup, 0, false},
-		{"precommit rows before the primary's decision", &seeded.EarlyPreCommit, 0, false},
-		// Needs a scan whose fence loses to a decision taken between its
-		// listing and its fence, with a branch prepared in between: rarer.
-		{"markers collected after a fence lost to a late decision", &seeded.CollectAfterLateDecision, 40000, true},
-		{"an OK to a by-id commit taken for proof", &seeded.TrustByIDCommit, 0, false},
-		{"a branch no longer prepared taken as committed", &seeded.AbsenceIsCommit, 0, false},
-		{"the decision row deleted instead of tombstoned", &seeded.DeleteDecisionRow, 0, false},
-		{"fences past their deadline", &seeded.FenceWithoutDeadline, 0, false},
+// TestPlantedBugTestsBuilt: the tests that plant bugs (TestModelSeededBugs
+// and the integration tests') are built only with the threepc_seeded
+// tag; CI must build them, or it would pass without proving that the
+// checkers catch anything.
+func TestPlantedBugTestsBuilt(t *testing.T) {
+	if seeded.Enabled {
+		return
 	}
-	const budget = 20000
-	for _, bug := range bugs {
-		t.Run(bug.name, func(t *testing.T) {
-			bug.flag.Store(true)
-			defer bug.flag.Store(false)
-			// A scenario counts only if it is clean without the bug (the
-			// same choices, drawn by label): the violation must be the
-			// planted bug's.
-			unattributable := 0
-			budget := uint64(budget)
-			if bug.budget > 0 {
-				budget = bug.budget
-			}
-			for seed := uint64(0); seed < budget; seed++ {
-				sc := scenario{faults: true, pauses: true, busy: seed%2 == 1}
-				if bug.single {
-					sc.batch = new(bool)
-				}
-				r := sc.run(newKeyedChooser(seed))
-				if r.violation == "" {
-					continue
-				}
-				bug.flag.Store(false)
-				clean := sc.run(newKeyedChooser(seed))
-				bug.flag.Store(true)
-				if clean.violation != "" {
-					unattributable++
-					continue
-				}
-				t.Logf("caught after %d scenarios (%d steps; %d scenarios skipped, failing without the bug too): %s\n%s",
-					seed+1, r.steps, unattributable, r.violation, r.scenarios)
-				return
-			}
-			t.Fatalf("the checker never caught the planted bug %q in %d scenarios (%d failed without it too)", bug.name, budget, unattributable)
-		})
+	if os.Getenv("CI") == "true" {
+		t.Fatal("built without -tags threepc_seeded: the planted-bug tests are left out (run scripts/test.sh)")
 	}
+	t.Skip("built without -tags threepc_seeded: the planted-bug tests are left out (scripts/test.sh sets it)")
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -68,27 +67,6 @@ func (c rapidChooser) Int(label string, lo, hi int) int {
 type randChooser struct{ r *rand.Rand }
 
 func (c randChooser) Int(_ string, lo, hi int) int { return lo + c.r.IntN(hi-lo+1) }
-
-// keyedChooser draws each choice from its label and how often the label
-// was drawn before, so that two runs of a scenario that differ in one
-// place (a planted bug) still make the same choices everywhere else.
-type keyedChooser struct {
-	seed uint64
-	seen map[string]uint64
-}
-
-func newKeyedChooser(seed uint64) *keyedChooser {
-	return &keyedChooser{seed: seed, seen: map[string]uint64{}}
-}
-
-func (c *keyedChooser) Int(label string, lo, hi int) int {
-	k := c.seen[label]
-	c.seen[label] = k + 1
-	h := fnv.New64a()
-	fmt.Fprintf(h, "%d\x00%s\x00%d", c.seed, label, k)
-	r := rand.New(rand.NewPCG(h.Sum64(), c.seed))
-	return lo + r.IntN(hi-lo+1)
-}
 
 // scriptChooser answers by label (clamped to the range asked).
 type scriptChooser func(label string) int

@@ -63,7 +63,7 @@ Ctrl-C); --keep leaves them running until Ctrl-C and prints how to connect.`,
 				return usageErrorf("--workers (1-32), --accounts, --kill-after and --duration must be positive")
 			}
 			if !validFailpoint(o.killAt) {
-				return usageErrorf("--kill-at %q: want one of %v", o.killAt, txmanager.Failpoints)
+				return usageErrorf("--kill-at %q: want one of %v", o.killAt, txmanager.Failpoints())
 			}
 			o.namespace = g.namespace
 			return demo(cmd.Context(), os.Stdout, o)
@@ -81,7 +81,7 @@ Ctrl-C); --keep leaves them running until Ctrl-C and prints how to connect.`,
 }
 
 func validFailpoint(s string) bool {
-	for _, fp := range txmanager.Failpoints {
+	for _, fp := range txmanager.Failpoints() {
 		if string(fp) == s {
 			return true
 		}
@@ -412,7 +412,7 @@ func newDemoChildCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if !validFailpoint(killAt) {
-				return usageErrorf("--kill-at %q: want one of %v", killAt, txmanager.Failpoints)
+				return usageErrorf("--kill-at %q: want one of %v", killAt, txmanager.Failpoints())
 			}
 			rs, err := openResources(ctx, g.dbs, openOpts{min: 2})
 			if err != nil {
