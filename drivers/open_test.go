@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 func TestOpenSelectsDriverByScheme(t *testing.T) {
@@ -75,8 +74,8 @@ func TestTracingAttributes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr, ok1 := r.(tracing.ServerAddresser)
-		name, ok2 := r.(tracing.DatabaseNamer)
+		addr, ok1 := r.(resource.ServerAddresser)
+		name, ok2 := r.(resource.DatabaseNamer)
 		if !ok1 || !ok2 {
 			t.Fatalf("%s: %T does not implement the tracing interfaces", url, r)
 		}

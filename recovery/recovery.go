@@ -37,8 +37,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/threepc/threepc/internal/fanout"
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // Defaults of the options.
@@ -191,7 +191,7 @@ func WithInstanceID(id string) Option {
 type Scanner struct {
 	res  map[string]resource.Resource
 	opts options
-	tel  *tracing.Scanner
+	tel  *telemetry.Scanner
 }
 
 // New returns a scanner over resources (the same set, by name, as the
@@ -220,7 +220,7 @@ func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 		}
 		s.res[r.Name()] = r
 	}
-	s.tel = tracing.NewScanner(s.opts.tp, s.opts.mp)
+	s.tel = telemetry.NewScanner(s.opts.tp, s.opts.mp)
 	return s, nil
 }
 
@@ -367,7 +367,7 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	lctx, lcancel := context.WithTimeout(ctx, s.opts.deadline/4)
 	s.each(len(names), func(i int) {
 		n := names[i]
-		octx, op := s.tel.Op(lctx, tracing.OpListMarkers, s.res[n])
+		octx, op := s.tel.Op(lctx, telemetry.OpListMarkers, s.res[n])
 		fs[i].markers, fs[i].err = s.res[n].ListMarkers(octx)
 		op.End(fs[i].err)
 	})
@@ -376,7 +376,7 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	s.each(len(names), func(i int) {
 		n := names[i]
 		if fs[i].err == nil {
-			octx, op := s.tel.Op(lctx, tracing.OpRecover, s.res[n])
+			octx, op := s.tel.Op(lctx, telemetry.OpRecover, s.res[n])
 			fs[i].prepared, fs[i].err = s.res[n].Recover(octx)
 			op.End(fs[i].err)
 		}

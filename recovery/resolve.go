@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/threepc/threepc/internal/seeded"
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // hintOrphan is what an operator does about a decided branch gone without
@@ -80,7 +80,7 @@ func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string
 		t.Action, t.Reason = ActionWait, fmt.Sprintf("scan ran past its deadline (%v) before fencing; the next scan re-reads", s.opts.deadline)
 		return
 	}
-	octx, op := s.tel.Op(ctx, tracing.OpInsertMarker, primary)
+	octx, op := s.tel.Op(ctx, telemetry.OpInsertMarker, primary)
 	err := primary.InsertMarker(octx, resource.Marker{
 		GTID: t.GTID, State: resource.StateAbort, Primary: t.Primary,
 		Participants: t.Participants, Owner: s.opts.instanceID, Space: s.opts.space,
@@ -88,7 +88,7 @@ func (s *Scanner) fence(ctx context.Context, t *TxReport, unreachable map[string
 	op.End(err)
 	if errors.Is(err, resource.ErrMarkerExists) {
 		var row resource.Marker
-		octx, op := s.tel.Op(ctx, tracing.OpReadMarker, primary)
+		octx, op := s.tel.Op(ctx, telemetry.OpReadMarker, primary)
 		row, err = primary.ReadMarker(octx, t.GTID)
 		op.End(err)
 		if errors.Is(err, resource.ErrNoMarker) {
@@ -146,11 +146,11 @@ func (s *Scanner) finish(ctx context.Context, t *TxReport, commit bool, dry bool
 		r := s.res[b.Resource]
 		var err error
 		if commit {
-			octx, op := s.tel.Op(ctx, tracing.OpCommitPrepared, r)
+			octx, op := s.tel.Op(ctx, telemetry.OpCommitPrepared, r)
 			err = r.CommitPrepared(octx, b.XID)
 			op.End(err)
 		} else {
-			octx, op := s.tel.Op(ctx, tracing.OpRollbackPrepared, r)
+			octx, op := s.tel.Op(ctx, telemetry.OpRollbackPrepared, r)
 			err = r.RollbackPrepared(octx, b.XID)
 			op.End(err)
 			if errors.Is(err, resource.ErrUnknownBranch) {
@@ -232,7 +232,7 @@ func (s *Scanner) complete(ctx context.Context, t *TxReport, unreachable map[str
 		if t.lateDecision && seeded.CollectAfterLateDecision.Load() {
 			continue // the planted bug trusts the stale listing
 		}
-		octx, op := s.tel.Op(ctx, tracing.OpCommitted, r)
+		octx, op := s.tel.Op(ctx, telemetry.OpCommitted, r)
 		ok, err := r.Committed(octx, resource.XID{GTID: t.GTID, Primary: t.Primary, Branch: p, Space: s.opts.space})
 		op.End(err)
 		if err != nil {
@@ -304,7 +304,7 @@ func (s *Scanner) readPrimary(ctx context.Context, t *TxReport) (resource.Marker
 	if !ok {
 		return resource.Marker{}, fmt.Errorf("primary %q is not one of this scanner's resources", t.Primary)
 	}
-	octx, op := s.tel.Op(ctx, tracing.OpReadMarker, r)
+	octx, op := s.tel.Op(ctx, telemetry.OpReadMarker, r)
 	row, err := r.ReadMarker(octx, t.GTID)
 	op.End(err)
 	return row, err
@@ -326,11 +326,11 @@ func (s *Scanner) settle(ctx context.Context, t *TxReport, unreachable map[strin
 	// missing or already settled row is left alone.
 	var err error
 	if seeded.DeleteDecisionRow.Load() {
-		octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+		octx, op := s.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
 		err = r.DeleteMarkers(octx, t.GTID)
 		op.End(err)
 	} else {
-		octx, op := s.tel.Op(ctx, tracing.OpTombstone, r)
+		octx, op := s.tel.Op(ctx, telemetry.OpTombstone, r)
 		err = r.Tombstone(octx, t.GTID)
 		op.End(err)
 	}
@@ -438,7 +438,7 @@ func (s *Scanner) collectBatch(ctx context.Context, txs []TxReport) {
 			for j, i := range by[names[k]] {
 				gtids[j] = txs[i].GTID
 			}
-			octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+			octx, op := s.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
 			errs[k] = r.DeleteMarkers(octx, gtids...)
 			op.End(errs[k])
 		})
@@ -463,7 +463,7 @@ func (s *Scanner) deleteRows(ctx context.Context, t *TxReport, unreachable map[s
 		if !ok || unreachable[n] != nil {
 			continue
 		}
-		octx, op := s.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+		octx, op := s.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
 		err := r.DeleteMarkers(octx, t.GTID)
 		op.End(err)
 		if err != nil {

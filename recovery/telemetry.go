@@ -8,7 +8,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/threepc/threepc/tracing"
+	"github.com/threepc/threepc/internal/telemetry"
 )
 
 // WithTracerProvider sets the provider of the scanner's tracer (scope
@@ -32,8 +32,8 @@ func (s *Scanner) tracedScan(ctx context.Context, dry bool) (*Report, error) {
 	return rep, err
 }
 
-func (s *Scanner) scanResult(rep *Report, err error) tracing.ScanResult {
-	r := tracing.ScanResult{Resources: slices.Sorted(maps.Keys(s.res)), Err: err}
+func (s *Scanner) scanResult(rep *Report, err error) telemetry.ScanResult {
+	r := telemetry.ScanResult{Resources: slices.Sorted(maps.Keys(s.res)), Err: err}
 	if rep == nil {
 		return r
 	}
@@ -45,10 +45,10 @@ func (s *Scanner) scanResult(rep *Report, err error) tracing.ScanResult {
 	// A transaction counts against every resource where it holds an
 	// unfinished prepared branch (the locks and, on PostgreSQL, the held
 	// back VACUUM are there); with none, against its primary.
-	per := map[string]*tracing.ResourceInDoubt{}
+	per := map[string]*telemetry.ResourceInDoubt{}
 	for _, n := range r.Resources {
 		if rep.Unreachable[n] == nil {
-			per[n] = &tracing.ResourceInDoubt{Resource: n}
+			per[n] = &telemetry.ResourceInDoubt{Resource: n}
 		}
 	}
 	for _, t := range inDoubt {
@@ -77,8 +77,8 @@ func (s *Scanner) scanResult(rep *Report, err error) tracing.ScanResult {
 }
 
 // resolution summarises a transaction's report for its span.
-func resolution(t *TxReport, dry bool) tracing.Resolution {
-	r := tracing.Resolution{
+func resolution(t *TxReport, dry bool) telemetry.Resolution {
+	r := telemetry.Resolution{
 		Action: string(t.Action), Reason: t.Reason, Primary: t.Primary, Participants: t.Participants,
 		Age: t.Age, Branches: len(t.Branches), DryRun: dry, Err: t.Err,
 	}

@@ -78,16 +78,18 @@ var (
 type Phase string
 
 // The protocol's phases.
+// Each is also the threepc.phase attribute's value, and all but begin and
+// work name a span: "threepc." + the phase.
 const (
-	PhaseBegin     Phase = "begin"
-	PhaseWork      Phase = "work"
-	PhasePrepare   Phase = "prepare"
-	PhaseDecide    Phase = "decide"
-	PhasePreCommit Phase = "pre-commit"
-	PhaseCommit    Phase = "commit"
-	PhaseRollback  Phase = "rollback"
-	PhaseCleanup   Phase = "cleanup"
-	PhaseRecover   Phase = "recover"
+	PhaseBegin          Phase = "begin"            // enlisting a branch
+	PhaseWork           Phase = "work"             // the caller's statements
+	PhasePrepare        Phase = "prepare"          // the vote
+	PhaseDecide         Phase = "decide"           // the precommit row at the primary: the commit point
+	PhasePreCommit      Phase = "precommit"        // 3PC: precommit rows at the other participants
+	PhaseCommit         Phase = "commit"           // commit every prepared branch
+	PhaseRollback       Phase = "rollback"         // roll back every branch (abort path, Rollback)
+	PhaseCleanup        Phase = "cleanup"          // delete the marker rows
+	PhaseCommitOnePhase Phase = "commit_one_phase" // single participant: local commit, no prepare
 )
 
 // BranchError is an error of one branch in one phase.

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // markerBatcher is the group commit of marker rows at one resource
@@ -59,7 +59,7 @@ func (m *Manager) insertMarker(ctx context.Context, r resource.Resource, row res
 	if mb := m.batchers[r.Name()]; mb != nil {
 		return mb.insert(ctx, row)
 	}
-	octx, op := m.tel.Op(ctx, tracing.OpInsertMarker, r)
+	octx, op := m.tel.Op(ctx, telemetry.OpInsertMarker, r)
 	err := r.InsertMarker(octx, row)
 	op.End(err)
 	return err
@@ -165,7 +165,7 @@ func (mb *markerBatcher) send(batch []*markerReq) {
 		// A row alone (no load): the plain insert is the cheaper
 		// statement on both servers (measured: 66 µs against 110-177 µs
 		// for the batch form of one row).
-		octx, op := m.tel.Op(ctx, tracing.OpInsertMarker, mb.r)
+		octx, op := m.tel.Op(ctx, telemetry.OpInsertMarker, mb.r)
 		err = mb.r.InsertMarker(octx, rows[0])
 		op.End(err)
 		states = []resource.MarkerState{rows[0].State}
@@ -173,7 +173,7 @@ func (mb *markerBatcher) send(batch []*markerReq) {
 			states[0], err = "", nil // another row holds the gtid
 		}
 	} else {
-		octx, op := m.tel.Op(ctx, tracing.OpInsertMarkers, mb.r)
+		octx, op := m.tel.Op(ctx, telemetry.OpInsertMarkers, mb.r)
 		states, err = mb.b.InsertMarkers(octx, rows)
 		op.End(err)
 	}
@@ -199,7 +199,7 @@ func (mb *markerBatcher) send(batch []*markerReq) {
 		// row at a time, so that each row gets its own answer.
 		m.each(len(batch), func(i int) {
 			req := batch[i]
-			octx, op := m.tel.Op(req.ctx, tracing.OpInsertMarker, mb.r)
+			octx, op := m.tel.Op(req.ctx, telemetry.OpInsertMarker, mb.r)
 			req.err = mb.r.InsertMarker(octx, req.row)
 			op.End(req.err)
 			close(req.done)

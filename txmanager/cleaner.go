@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/threepc/threepc/tracing"
+	"github.com/threepc/threepc/internal/telemetry"
 )
 
 // cleaner settles marker rows in the background, in batches per resource
@@ -126,7 +126,7 @@ func (c *cleaner) flush(batch cleanupBatch) {
 			continue
 		}
 		wg.Go(func() {
-			octx, op := m.tel.Op(ctx, tracing.OpDeleteMarkers, m.res[name])
+			octx, op := m.tel.Op(ctx, telemetry.OpDeleteMarkers, m.res[name])
 			err := m.res[name].DeleteMarkers(octx, gtids...)
 			op.End(err)
 			if err != nil {

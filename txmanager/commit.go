@@ -9,8 +9,8 @@ import (
 
 	"github.com/threepc/threepc/internal/fanout"
 	"github.com/threepc/threepc/internal/seeded"
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // Commit commits the transaction on every enlisted resource, atomically.
@@ -63,12 +63,12 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		return tx.abort(ctx, branches, "", resource.PhasePrepare, err)
 	}
 	prepCtx, cancel := context.WithDeadlineCause(ctx, tx.wallDeadline(), ErrTimeout)
-	prepCtx, phase := tx.tel.Phase(prepCtx, tracing.PhasePrepare)
+	prepCtx, phase := tx.tel.Phase(prepCtx, resource.PhasePrepare)
 	errs := m.fanout(voters, func(b *branch) error {
 		if err := m.failpoint(prepCtx, BeforePrepare, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(prepCtx, tracing.OpPrepare, b.res)
+		octx, op := m.tel.Op(prepCtx, telemetry.OpPrepare, b.res)
 		vote, err := b.b.Prepare(octx)
 		op.Vote(vote)
 		op.End(err)
@@ -125,7 +125,7 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 	if m.opts.protocol == ThreePC && seeded.EarlyPreCommit.Load() {
 		tx.preCommit(ctx, marker, live)
 	}
-	dctx, phase := tx.tel.Phase(ctx, tracing.PhaseDecide)
+	dctx, phase := tx.tel.Phase(ctx, resource.PhaseDecide)
 	if last != nil {
 		err = tx.decideLast(dctx, marker, last)
 	} else {
@@ -166,7 +166,7 @@ func (tx *Tx) Rollback(ctx context.Context) (err error) {
 		return err
 	}
 	defer tx.releaseStatements()
-	defer func() { tx.endTelemetry(tracing.OutcomeAborted, err) }()
+	defer func() { tx.endTelemetry(telemetry.OutcomeAborted, err) }()
 	return tx.rollbackAll(tx.tel.Context(ctx), branches)
 }
 
@@ -193,8 +193,8 @@ func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
 	// cancellation no longer applies.
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
-	octx, phase := tx.tel.Phase(cctx, tracing.PhaseCommitOnePhase)
-	octx, op := m.tel.Op(octx, tracing.OpCommitOnePhase, b.res)
+	octx, phase := tx.tel.Phase(cctx, resource.PhaseCommitOnePhase)
+	octx, op := m.tel.Op(octx, telemetry.OpCommitOnePhase, b.res)
 	err := b.b.CommitOnePhase(octx)
 	op.End(err)
 	phase.End(err)
@@ -245,7 +245,7 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 		err := m.insertMarker(ictx, primary, marker)
 		if errors.Is(err, resource.ErrMarkerExists) {
 			var row resource.Marker
-			octx, op := m.tel.Op(ictx, tracing.OpReadMarker, primary)
+			octx, op := m.tel.Op(ictx, telemetry.OpReadMarker, primary)
 			row, err = primary.ReadMarker(octx, tx.gtid)
 			op.End(err)
 			if err == nil {
@@ -268,7 +268,7 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 		// safe: only this coordinator writes precommit for its gtid, so
 		// ErrMarkerExists then tells which way it went.
 		lastErr = err
-		tracing.Retry(ctx, attempt+1, err)
+		telemetry.Retry(ctx, attempt+1, err)
 		m.opts.logger.Warn("threepc: decision outcome unknown, retrying", "gtid", tx.gtid, "primary", tx.primary, "attempt", attempt+1, "err", err)
 	}
 }
@@ -286,7 +286,7 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resou
 		return err
 	}
 	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-	octx, op := m.tel.Op(ictx, tracing.OpCommitWithMarker, m.res[tx.primary])
+	octx, op := m.tel.Op(ictx, telemetry.OpCommitWithMarker, m.res[tx.primary])
 	err := last.CommitWithMarker(octx, marker)
 	op.End(err)
 	cancel()
@@ -348,7 +348,7 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 			others = append(others, b)
 		}
 	}
-	ctx, phase := tx.tel.Phase(ctx, tracing.PhasePreCommit)
+	ctx, phase := tx.tel.Phase(ctx, resource.PhasePreCommit)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(others, func(b *branch) error {
@@ -376,7 +376,7 @@ func (tx *Tx) preCommit(ctx context.Context, marker resource.Marker, live []*bra
 // reported as such, and its marker rows stay for recovery.
 func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 	m := tx.m
-	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCommit)
+	ctx, phase := tx.tel.Phase(ctx, resource.PhaseCommit)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(live, func(b *branch) error {
@@ -384,7 +384,7 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 		if err := m.failpoint(cctx, BeforeCommit, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(cctx, tracing.OpCommit, b.res)
+		octx, op := m.tel.Op(cctx, telemetry.OpCommit, b.res)
 		err := tx.commitBranch(octx, b)
 		op.End(err)
 		if err != nil {
@@ -441,7 +441,7 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 		if !m.opts.clock.Now().Before(giveUp) {
 			return err
 		}
-		tracing.Retry(ctx, attempt, err)
+		telemetry.Retry(ctx, attempt, err)
 		if serr := m.opts.sleep(ctx, backoff(attempt)); serr != nil {
 			return errors.Join(err, serr)
 		}
@@ -455,7 +455,7 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 // tombstone: proof that every branch committed.
 func (tx *Tx) settled(ctx context.Context) (bool, error) {
 	primary := tx.m.res[tx.primary]
-	octx, op := tx.m.tel.Op(ctx, tracing.OpReadMarker, primary)
+	octx, op := tx.m.tel.Op(ctx, telemetry.OpReadMarker, primary)
 	row, err := primary.ReadMarker(octx, tx.gtid)
 	op.End(err)
 	switch {
@@ -477,7 +477,7 @@ func (tx *Tx) settled(ctx context.Context) (bool, error) {
 // branch's evidence. Rows left behind are settled by recovery.
 func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 	m := tx.m
-	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseCleanup)
+	ctx, phase := tx.tel.Phase(ctx, resource.PhaseCleanup)
 	defer phase.End(nil)
 	cctx, cancel := context.WithTimeout(ctx, m.opts.cleanupTimeout)
 	defer cancel()
@@ -494,7 +494,7 @@ func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 	}
 	m.each(len(others), func(i int) {
 		r := m.res[others[i]]
-		octx, op := m.tel.Op(cctx, tracing.OpDeleteMarkers, r)
+		octx, op := m.tel.Op(cctx, telemetry.OpDeleteMarkers, r)
 		err := r.DeleteMarkers(octx, tx.gtid)
 		op.End(err)
 		if err != nil {
@@ -509,12 +509,12 @@ func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 func (m *Manager) settlePrimary(ctx context.Context, primary string, gtids ...string) error {
 	r := m.res[primary]
 	if seeded.DeleteDecisionRow.Load() {
-		octx, op := m.tel.Op(ctx, tracing.OpDeleteMarkers, r)
+		octx, op := m.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
 		err := r.DeleteMarkers(octx, gtids...)
 		op.End(err)
 		return err
 	}
-	octx, op := m.tel.Op(ctx, tracing.OpTombstone, r)
+	octx, op := m.tel.Op(ctx, telemetry.OpTombstone, r)
 	err := r.Tombstone(octx, gtids...)
 	op.End(err)
 	return err
@@ -537,7 +537,7 @@ func (tx *Tx) abort(ctx context.Context, branches []*branch, culprit string, pha
 // and rolls it back.
 func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 	m := tx.m
-	ctx, phase := tx.tel.Phase(ctx, tracing.PhaseRollback)
+	ctx, phase := tx.tel.Phase(ctx, resource.PhaseRollback)
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
 	errs := m.fanout(branches, func(b *branch) error {
@@ -548,11 +548,11 @@ func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 		if err := m.failpoint(rctx, BeforeRollback, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(rctx, tracing.OpRollback, b.res)
+		octx, op := m.tel.Op(rctx, telemetry.OpRollback, b.res)
 		err := b.b.Rollback(octx)
 		op.End(err)
 		if err != nil && b.prepared && !errors.Is(err, resource.ErrUnknownBranch) {
-			octx, op := m.tel.Op(rctx, tracing.OpRollbackPrepared, b.res)
+			octx, op := m.tel.Op(rctx, telemetry.OpRollbackPrepared, b.res)
 			err = b.res.RollbackPrepared(octx, b.xid)
 			op.End(err)
 		}

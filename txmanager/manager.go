@@ -32,8 +32,8 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // Manager coordinates distributed transactions over a fixed set of
@@ -41,7 +41,7 @@ import (
 type Manager struct {
 	res     map[string]resource.Resource
 	opts    options
-	tel     *tracing.Coordinator
+	tel     *telemetry.Coordinator
 	cleaner *cleaner // nil unless WithAsyncCleanup
 	// batchers group the marker inserts per resource (WithBatching); a
 	// resource without one inserts one row at a time.

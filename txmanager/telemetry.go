@@ -1,41 +1,41 @@
 package txmanager
 
 import (
-	"github.com/threepc/threepc/tracing"
+	"github.com/threepc/threepc/internal/telemetry"
 )
 
 // errorTypes name the coordinator's causes for the error.type attribute.
 // The outcome classes (ErrAborted, ...) are left out on purpose: the
 // outcome is its own attribute, and error.type should say why.
-var errorTypes = []tracing.ErrorType{
+var errorTypes = []telemetry.ErrorType{
 	{Err: ErrTimeout, Name: "timeout"},
 	{Err: ErrFenced, Name: "fenced"},
 	{Err: ErrDecisionDeadline, Name: "decision_deadline"},
 	{Err: ErrUnknownResource, Name: "unknown_resource"},
 }
 
-func newTelemetry(o options) *tracing.Coordinator {
-	return tracing.NewCoordinator(o.tracerProvider, o.meterProvider, string(o.protocol), errorTypes...)
+func newTelemetry(o options) *telemetry.Coordinator {
+	return telemetry.NewCoordinator(o.tracerProvider, o.meterProvider, string(o.protocol), errorTypes...)
 }
 
 // telemetryOutcome is o as the threepc.outcome attribute: an error that
 // is no outcome of ours (ErrTxDone) counts as aborted.
-func telemetryOutcome(o Outcome) tracing.Outcome {
+func telemetryOutcome(o Outcome) telemetry.Outcome {
 	switch o {
 	case OutcomeCommitted:
-		return tracing.OutcomeCommitted
+		return telemetry.OutcomeCommitted
 	case OutcomeInDoubt:
-		return tracing.OutcomeInDoubt
+		return telemetry.OutcomeInDoubt
 	case OutcomeCommitPending:
-		return tracing.OutcomeCommitPending
+		return telemetry.OutcomeCommitPending
 	case OutcomeHeuristic:
-		return tracing.OutcomeHeuristic
+		return telemetry.OutcomeHeuristic
 	}
-	return tracing.OutcomeAborted
+	return telemetry.OutcomeAborted
 }
 
 // endTelemetry ends the transaction's span and records its metrics.
-func (tx *Tx) endTelemetry(outcome tracing.Outcome, err error) {
+func (tx *Tx) endTelemetry(outcome telemetry.Outcome, err error) {
 	if tx.tel.Recording() {
 		tx.mu.Lock()
 		primary := tx.primary

@@ -27,6 +27,7 @@ import (
 	"github.com/threepc/threepc/drivers/postgres"
 	"github.com/threepc/threepc/harness"
 	"github.com/threepc/threepc/internal/memres"
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/migrations"
 	"github.com/threepc/threepc/recovery"
 	"github.com/threepc/threepc/resource"
@@ -108,7 +109,7 @@ func wantAttr(t *testing.T, tree *tt.Tree, s sdktrace.ReadOnlySpan, key attribut
 
 // wantOps checks the CLIENT spans under a phase: their names and the
 // database attributes, resource by resource.
-func wantOps(t *testing.T, tree *tt.Tree, phase sdktrace.ReadOnlySpan, op tracing.Operation, resources ...string) []sdktrace.ReadOnlySpan {
+func wantOps(t *testing.T, tree *tt.Tree, phase sdktrace.ReadOnlySpan, op telemetry.Operation, resources ...string) []sdktrace.ReadOnlySpan {
 	t.Helper()
 	kids := tree.Children(phase)
 	if len(kids) != len(resources) {
@@ -161,16 +162,16 @@ func TestTracingCommit3PC(t *testing.T) {
 	begins := tree.Named("threepc.branch.begin")
 	wantAttr(t, tree, begins[0], "threepc.resource", "db0")
 	wantAttr(t, tree, begins[1], "threepc.resource", "db1")
-	for _, p := range wantOps(t, tree, tree.One(t, "threepc.prepare"), tracing.OpPrepare, "db0", "db1") {
+	for _, p := range wantOps(t, tree, tree.One(t, "threepc.prepare"), telemetry.OpPrepare, "db0", "db1") {
 		wantAttr(t, tree, p, "threepc.vote", "prepared")
 	}
-	wantOps(t, tree, tree.One(t, "threepc.decide"), tracing.OpInsertMarker, "db0")
-	wantOps(t, tree, tree.One(t, "threepc.precommit"), tracing.OpInsertMarker, "db1")
-	wantOps(t, tree, tree.One(t, "threepc.commit"), tracing.OpCommit, "db0", "db1")
+	wantOps(t, tree, tree.One(t, "threepc.decide"), telemetry.OpInsertMarker, "db0")
+	wantOps(t, tree, tree.One(t, "threepc.precommit"), telemetry.OpInsertMarker, "db1")
+	wantOps(t, tree, tree.One(t, "threepc.commit"), telemetry.OpCommit, "db0", "db1")
 	// The primary's decision row becomes a tombstone first, then the
 	// other participant's rows go.
 	cleanup := tree.Children(tree.One(t, "threepc.cleanup"))
-	wantOpSeq(t, tree, cleanup, tracing.OpTombstone, "db0", tracing.OpDeleteMarkers, "db1")
+	wantOpSeq(t, tree, cleanup, telemetry.OpTombstone, "db0", telemetry.OpDeleteMarkers, "db1")
 }
 
 // wantOpSeq checks spans against (operation, resource) pairs, in order.
@@ -180,7 +181,7 @@ func wantOpSeq(t *testing.T, tree *tt.Tree, spans []sdktrace.ReadOnlySpan, pairs
 		t.Fatalf("%d spans, want %d: %v\n%s", len(spans), len(pairs)/2, pairs, tree)
 	}
 	for i, k := range spans {
-		op, res := pairs[2*i].(tracing.Operation), pairs[2*i+1].(string)
+		op, res := pairs[2*i].(telemetry.Operation), pairs[2*i+1].(string)
 		if k.Name() != "threepc.branch."+op.String() || tt.AttrString(k, "threepc.resource") != res {
 			t.Fatalf("span %d: %s on %s, want %s on %s\n%s", i, k.Name(), tt.AttrString(k, "threepc.resource"), op, res, tree)
 		}
@@ -217,14 +218,14 @@ func TestTracingCommit2PCReadOnly(t *testing.T) {
 	wantAttr(t, tree, txs, "threepc.participants", `["db0","db1","db2"]`)
 	wantChildNames(t, tree, txs, "threepc.branch.begin", "threepc.branch.begin", "threepc.branch.begin",
 		"threepc.prepare", "threepc.decide", "threepc.commit", "threepc.cleanup")
-	prep := wantOps(t, tree, tree.One(t, "threepc.prepare"), tracing.OpPrepare, "db0", "db1", "db2")
+	prep := wantOps(t, tree, tree.One(t, "threepc.prepare"), telemetry.OpPrepare, "db0", "db1", "db2")
 	wantAttr(t, tree, prep[0], "threepc.vote", "prepared")
 	wantAttr(t, tree, prep[2], "threepc.vote", "read_only")
-	wantOps(t, tree, tree.One(t, "threepc.decide"), tracing.OpInsertMarker, "db0")
+	wantOps(t, tree, tree.One(t, "threepc.decide"), telemetry.OpInsertMarker, "db0")
 	// The read-only branch left after its vote.
-	wantOps(t, tree, tree.One(t, "threepc.commit"), tracing.OpCommit, "db0", "db1")
+	wantOps(t, tree, tree.One(t, "threepc.commit"), telemetry.OpCommit, "db0", "db1")
 	// 2PC has no precommit rows elsewhere, but db1's evidence row goes.
-	wantOpSeq(t, tree, tree.Children(tree.One(t, "threepc.cleanup")), tracing.OpTombstone, "db0", tracing.OpDeleteMarkers, "db1")
+	wantOpSeq(t, tree, tree.Children(tree.One(t, "threepc.cleanup")), telemetry.OpTombstone, "db0", telemetry.OpDeleteMarkers, "db1")
 }
 
 func TestTracingAbortAtPrepare(t *testing.T) {
@@ -254,7 +255,7 @@ func TestTracingAbortAtPrepare(t *testing.T) {
 	if prepare.Status().Code != codes.Error {
 		t.Fatalf("prepare phase: status %v, want Error\n%s", prepare.Status(), tree)
 	}
-	ops := wantOps(t, tree, prepare, tracing.OpPrepare, "db0", "db1")
+	ops := wantOps(t, tree, prepare, telemetry.OpPrepare, "db0", "db1")
 	wantAttr(t, tree, ops[0], "threepc.vote", "prepared")
 	if ops[1].Status().Code != codes.Error {
 		t.Fatalf("refused prepare: status %v, want Error\n%s", ops[1].Status(), tree)
@@ -263,7 +264,7 @@ func TestTracingAbortAtPrepare(t *testing.T) {
 	if _, voted := tt.Attr(ops[1], "threepc.vote"); voted {
 		t.Fatalf("refused prepare carries a vote\n%s", tree)
 	}
-	wantOps(t, tree, tree.One(t, "threepc.rollback"), tracing.OpRollback, "db0", "db1")
+	wantOps(t, tree, tree.One(t, "threepc.rollback"), telemetry.OpRollback, "db0", "db1")
 }
 
 func TestTracingOnePhase(t *testing.T) {
@@ -279,7 +280,7 @@ func TestTracingOnePhase(t *testing.T) {
 	}
 	wantAttr(t, tree, txs, "threepc.outcome", "committed")
 	wantChildNames(t, tree, txs, "threepc.branch.begin", "threepc.commit_one_phase")
-	wantOps(t, tree, tree.One(t, "threepc.commit_one_phase"), tracing.OpCommitOnePhase, "db1")
+	wantOps(t, tree, tree.One(t, "threepc.commit_one_phase"), telemetry.OpCommitOnePhase, "db1")
 }
 
 // TestTracingRecovered crashes the coordinator right after its decision,
@@ -329,7 +330,7 @@ func TestTracingRecovered(t *testing.T) {
 	txs := tree.One(t, tracing.TransactionSpanName)
 	wantAttr(t, tree, txs, "threepc.outcome", "commit_pending")
 	wantAttr(t, tree, txs, "error.type", "unreachable")
-	commits := wantOps(t, tree, tree.One(t, "threepc.commit"), tracing.OpCommit, "db0", "db1")
+	commits := wantOps(t, tree, tree.One(t, "threepc.commit"), telemetry.OpCommit, "db0", "db1")
 	for _, c := range commits {
 		retries := 0
 		for _, e := range c.Events() {

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/threepc/threepc/internal/sqlerr"
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 // Tx is one distributed transaction. Its branch handles (DB) may be used
@@ -21,7 +21,7 @@ type Tx struct {
 	gtid     string
 	start    time.Time // monotonic
 	deadline time.Time
-	tel      tracing.Txn // ended by whoever wins finish
+	tel      telemetry.Txn // ended by whoever wins finish
 
 	mu       sync.Mutex
 	primary  string // the first resource enlisted
@@ -101,7 +101,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		primary = name
 	}
 	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name, Space: tx.m.opts.space}
-	bctx, op := tx.m.tel.Op(tx.tel.Context(ctx), tracing.OpBegin, r)
+	bctx, op := tx.m.tel.Op(tx.tel.Context(ctx), telemetry.OpBegin, r)
 	rb, err := r.Begin(bctx, xid)
 	op.End(err)
 	if err != nil {

@@ -1,4 +1,4 @@
-package tracing
+package telemetry
 
 import (
 	"context"
@@ -11,20 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/threepc/threepc/resource"
-)
-
-// Span names of the recovery scanner.
-const (
-	ScanSpanName    = "threepc.recovery.scan"
-	ResolveSpanName = "threepc.recovery.resolve"
-)
-
-// Scan results, the threepc.recovery.result attribute of
-// threepc.recovery.scans.
-const (
-	ResultOK         = "ok"         // every resource scanned, nothing left in doubt
-	ResultIncomplete = "incomplete" // a resource unreachable, or a transaction left in doubt
-	ResultError      = "error"      // the scan could not run
+	"github.com/threepc/threepc/tracing"
 )
 
 // Scanner is the instrumentation of one recovery.Scanner. It is safe for
@@ -82,9 +69,9 @@ func (s *Scanner) StartScan(ctx context.Context, dryRun bool) (context.Context, 
 	if s == nil {
 		return ctx, ScanSpan{}
 	}
-	ctx, span := s.start(ctx, ScanSpanName, internalSpan)
+	ctx, span := s.start(ctx, tracing.ScanSpanName, internalSpan)
 	if span != nil && span.IsRecording() {
-		span.SetAttributes(KeyDryRun.Bool(dryRun))
+		span.SetAttributes(tracing.KeyDryRun.Bool(dryRun))
 	}
 	return ctx, ScanSpan{s: s, span: span}
 }
@@ -116,16 +103,16 @@ func (sp ScanSpan) End(r ScanResult) {
 		return
 	}
 	ctx := context.Background()
-	result := ResultOK
+	result := tracing.ResultOK
 	switch {
 	case r.Err != nil:
-		result = ResultError
+		result = tracing.ResultError
 	case len(r.Unreachable) > 0 || r.InDoubt > 0:
-		result = ResultIncomplete
+		result = tracing.ResultIncomplete
 	}
-	s.scans.Add(ctx, 1, metric.WithAttributes(KeyResult.String(result)))
+	s.scans.Add(ctx, 1, metric.WithAttributes(tracing.KeyResult.String(result)))
 	for _, pr := range r.PerResource {
-		attrs := metric.WithAttributes(KeyResource.String(pr.Resource))
+		attrs := metric.WithAttributes(tracing.KeyResource.String(pr.Resource))
 		s.inDoubt.Record(ctx, int64(pr.Count), attrs)
 		s.oldest.Record(ctx, pr.Oldest.Seconds(), attrs)
 	}
@@ -134,14 +121,14 @@ func (sp ScanSpan) End(r ScanResult) {
 	}
 	if sp.span.IsRecording() {
 		sp.span.SetAttributes(
-			KeyResult.String(result),
-			KeyResources.StringSlice(r.Resources),
-			KeyTransactions.Int(r.Transactions),
-			KeyInDoubt.Int(r.InDoubt),
-			KeyOldestInDoubt.Float64(r.OldestInDoubt.Seconds()),
+			tracing.KeyResult.String(result),
+			tracing.KeyResources.StringSlice(r.Resources),
+			tracing.KeyTransactions.Int(r.Transactions),
+			tracing.KeyInDoubt.Int(r.InDoubt),
+			tracing.KeyOldestInDoubt.Float64(r.OldestInDoubt.Seconds()),
 		)
 		if len(r.Unreachable) > 0 {
-			sp.span.SetAttributes(KeyUnreachable.StringSlice(r.Unreachable))
+			sp.span.SetAttributes(tracing.KeyUnreachable.StringSlice(r.Unreachable))
 		}
 		if r.Err != nil {
 			s.recordError(sp.span, r.Err)
@@ -163,9 +150,9 @@ func (s *Scanner) StartResolve(ctx context.Context, gtid string) (context.Contex
 	if s == nil {
 		return ctx, ResolveSpan{}
 	}
-	ctx, span := s.start(ctx, ResolveSpanName, internalSpan)
+	ctx, span := s.start(ctx, tracing.ResolveSpanName, internalSpan)
 	if span != nil && span.IsRecording() {
-		span.SetAttributes(KeyGTID.String(gtid))
+		span.SetAttributes(tracing.KeyGTID.String(gtid))
 	}
 	return ctx, ResolveSpan{s: s, span: span}
 }
@@ -197,20 +184,20 @@ func (rs ResolveSpan) End(r Resolution) {
 		return
 	}
 	if !r.DryRun {
-		s.actions.Add(context.Background(), 1, metric.WithAttributes(KeyAction.String(r.Action)))
+		s.actions.Add(context.Background(), 1, metric.WithAttributes(tracing.KeyAction.String(r.Action)))
 	}
 	if rs.span == nil {
 		return
 	}
 	if rs.span.IsRecording() {
 		rs.span.SetAttributes(
-			KeyAction.String(r.Action),
-			KeyReason.String(r.Reason),
-			KeyPrimary.String(r.Primary),
-			KeyParticipants.StringSlice(r.Participants),
-			KeyAge.Float64(r.Age.Seconds()),
-			KeyBranches.Int(r.Branches),
-			KeyBranchesDone.Int(r.BranchesDone),
+			tracing.KeyAction.String(r.Action),
+			tracing.KeyReason.String(r.Reason),
+			tracing.KeyPrimary.String(r.Primary),
+			tracing.KeyParticipants.StringSlice(r.Participants),
+			tracing.KeyAge.Float64(r.Age.Seconds()),
+			tracing.KeyBranches.Int(r.Branches),
+			tracing.KeyBranchesDone.Int(r.BranchesDone),
 		)
 		switch {
 		case r.Err != nil:

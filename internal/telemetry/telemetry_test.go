@@ -1,4 +1,4 @@
-package tracing_test
+package telemetry_test
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	metricnoop "go.opentelemetry.io/otel/metric/noop"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 	tt "github.com/threepc/threepc/tracing/tracingtest"
 )
 
@@ -40,15 +40,15 @@ func TestErrorTypeOf(t *testing.T) {
 		{fmt.Errorf("threepc/postgres: commit prepared: %w: %w", resource.ErrUnknownBranch, &pgError{"42704"}), "unknown_branch"},
 		{fmt.Errorf("x: %w", resource.ErrUnreachable), "unreachable"},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), "context_deadline_exceeded"},
-		{fmt.Errorf("wrapped: %w", fmt.Errorf("again: %w", &pgError{"23505"})), "*tracing_test.pgError"},
-		{errors.Join(&myError{1205}, errors.New("second")), "*tracing_test.myError"},
+		{fmt.Errorf("wrapped: %w", fmt.Errorf("again: %w", &pgError{"23505"})), "*telemetry_test.pgError"},
+		{errors.Join(&myError{1205}, errors.New("second")), "*telemetry_test.myError"},
 		{errors.New("plain"), "*errors.errorString"},
 		{fmt.Errorf("own: %w", errOwn), "own"},
 		// Extra sentinels come before the resource package's.
 		{fmt.Errorf("%w: %w", errOwn, resource.ErrUnreachable), "own"},
 	}
 	for _, c := range cases {
-		if got := tracing.ErrorTypeOf(c.err, tracing.ErrorType{Err: errOwn, Name: "own"}); got != c.want {
+		if got := telemetry.ErrorTypeOf(c.err, telemetry.ErrorType{Err: errOwn, Name: "own"}); got != c.want {
 			t.Errorf("ErrorTypeOf(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
@@ -67,7 +67,7 @@ func TestStatusCodeOf(t *testing.T) {
 		{errors.Join(&pgError{"XA000"}, &myError{1397}), "1397"},
 	}
 	for _, c := range cases {
-		if got := tracing.StatusCodeOf(c.err); got != c.want {
+		if got := telemetry.StatusCodeOf(c.err); got != c.want {
 			t.Errorf("StatusCodeOf(%v) = %q, want %q", c.err, got, c.want)
 		}
 	}
@@ -88,11 +88,11 @@ func (r fakeRes) DB() *sql.DB           { return nil }
 
 func TestOpSpanAttributes(t *testing.T) {
 	tp, rec := tt.NewTracer(t)
-	c := tracing.NewCoordinator(tp, metricnoop.NewMeterProvider(), "3pc")
+	c := telemetry.NewCoordinator(tp, metricnoop.NewMeterProvider(), "3pc")
 	// Database calls are spans only under a recording parent (the
 	// transaction's or the scan's).
 	tx := c.Start(context.Background(), "g")
-	defer tx.End(tracing.OutcomeCommitted, nil)
+	defer tx.End(telemetry.OutcomeCommitted, nil)
 	ctx := tx.Context(context.Background())
 	resources := []fakeRes{
 		{name: "orders", system: "postgresql", addr: "127.0.0.1:5433", db: "shop"},
@@ -100,10 +100,10 @@ func TestOpSpanAttributes(t *testing.T) {
 		{name: "plain", system: "mariadb", addr: "db.local"},
 	}
 	for _, r := range resources {
-		_, op := c.Op(ctx, tracing.OpCommitPrepared, r)
+		_, op := c.Op(ctx, telemetry.OpCommitPrepared, r)
 		op.End(nil)
 	}
-	_, op := c.Op(ctx, tracing.OpPrepare, resources[0])
+	_, op := c.Op(ctx, telemetry.OpPrepare, resources[0])
 	op.Vote(resource.VoteReadOnly)
 	op.End(fmt.Errorf("threepc/postgres: prepare: %w: %w", resource.ErrPrepareRefused, &pgError{"40001"}))
 
@@ -141,8 +141,8 @@ func TestOpSpanAttributes(t *testing.T) {
 func TestRetryEvent(t *testing.T) {
 	tp, rec := tt.NewTracer(t)
 	ctx, span := tp.Tracer("test").Start(context.Background(), "op")
-	tracing.Retry(ctx, 1, fmt.Errorf("x: %w", resource.ErrUnreachable))
-	tracing.Retry(ctx, 2, nil)
+	telemetry.Retry(ctx, 1, fmt.Errorf("x: %w", resource.ErrUnreachable))
+	telemetry.Retry(ctx, 2, nil)
 	span.End()
 	ev := rec.Ended()[0].Events()
 	if len(ev) != 2 || ev[0].Name != "retry" {
@@ -160,42 +160,42 @@ func TestRetryEvent(t *testing.T) {
 // TestNilAndZero: a nil instrumentation and zero span values are no-ops,
 // so callers never need to check.
 func TestNilAndZero(t *testing.T) {
-	var c *tracing.Coordinator
+	var c *telemetry.Coordinator
 	ctx := context.Background()
 	tx := c.Start(ctx, "g")
 	if tx.Context(ctx) != ctx || tx.Recording() {
 		t.Fatal("nil coordinator's transaction is not a no-op")
 	}
-	_, ph := tx.Phase(ctx, tracing.PhasePrepare)
+	_, ph := tx.Phase(ctx, resource.PhasePrepare)
 	ph.End(errors.New("x"))
-	_, op := c.Op(ctx, tracing.OpPrepare, fakeRes{name: "a"})
+	_, op := c.Op(ctx, telemetry.OpPrepare, fakeRes{name: "a"})
 	op.Vote(resource.VotePrepared)
 	op.End(nil)
 	tx.SetParticipants("a", []string{"a"})
-	tx.End(tracing.OutcomeCommitted, nil)
-	var s *tracing.Scanner
+	tx.End(telemetry.OutcomeCommitted, nil)
+	var s *telemetry.Scanner
 	_, sp := s.StartScan(ctx, false)
-	sp.End(tracing.ScanResult{})
+	sp.End(telemetry.ScanResult{})
 	_, rs := s.StartResolve(ctx, "g")
-	rs.End(tracing.Resolution{})
+	rs.End(telemetry.Resolution{})
 }
 
 // TestNoopAllocations: with the API's no-op providers a transaction's
 // instrumentation allocates nothing (not even the no-op tracer's
 // contexts: no span is started).
 func TestNoopAllocations(t *testing.T) {
-	c := tracing.NewCoordinator(tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), "3pc")
+	c := telemetry.NewCoordinator(tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), "3pc")
 	r := &fakeRes{name: "a", system: "postgresql"}     // drivers' resources are pointers
 	ctx := context.WithoutCancel(context.Background()) // as after the commit point
 	allocs := testing.AllocsPerRun(200, func() {
 		tx := c.Start(ctx, "01J0000000000000000000000")
 		tctx := tx.Context(ctx)
-		pctx, ph := tx.Phase(tctx, tracing.PhasePrepare)
-		_, op := c.Op(pctx, tracing.OpPrepare, r)
+		pctx, ph := tx.Phase(tctx, resource.PhasePrepare)
+		_, op := c.Op(pctx, telemetry.OpPrepare, r)
 		op.Vote(resource.VotePrepared)
 		op.End(nil)
 		ph.End(nil)
-		tx.End(tracing.OutcomeCommitted, nil)
+		tx.End(telemetry.OutcomeCommitted, nil)
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per transaction with no-op providers, want 0", allocs)

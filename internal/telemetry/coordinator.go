@@ -1,4 +1,4 @@
-package tracing
+package telemetry
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 // Outcome is how a transaction ended, the threepc.outcome attribute.
@@ -35,40 +36,32 @@ func (o Outcome) String() string {
 	return "invalid"
 }
 
-// Phase is a step of the commit protocol, the threepc.phase attribute. Its
-// span is named "threepc." + Phase.String().
-type Phase uint8
+// spanPhases are the phases that get a span (and a threepc.phase.duration
+// series), each named "threepc." + the phase: the protocol's phases
+// except begin and work, which are the caller's.
+var spanPhases = [...]resource.Phase{
+	resource.PhasePrepare, resource.PhaseDecide, resource.PhasePreCommit, resource.PhaseCommit,
+	resource.PhaseRollback, resource.PhaseCleanup, resource.PhaseCommitOnePhase,
+}
 
-// The phases.
-const (
-	PhasePrepare        Phase = iota // the vote
-	PhaseDecide                      // the precommit row at the primary: the commit point
-	PhasePreCommit                   // 3PC: precommit rows at the other participants
-	PhaseCommit                      // commit every prepared branch
-	PhaseRollback                    // roll back every branch (abort path, Rollback)
-	PhaseCleanup                     // delete the marker rows
-	PhaseCommitOnePhase              // single participant: local commit, no prepare
-	numPhases
-)
+const numPhases = len(spanPhases)
 
-var phaseNames = [numPhases]string{"prepare", "decide", "precommit", "commit", "rollback", "cleanup", "commit_one_phase"}
+// phaseSlot is the index of p in spanPhases, or -1.
+func phaseSlot(p resource.Phase) int {
+	for i, q := range spanPhases {
+		if q == p {
+			return i
+		}
+	}
+	return -1
+}
 
 var phaseSpanNames = func() (s [numPhases]string) {
-	for i, n := range phaseNames {
-		s[i] = "threepc." + n
+	for i, p := range spanPhases {
+		s[i] = tracing.PhaseSpanPrefix + string(p)
 	}
 	return s
 }()
-
-func (p Phase) String() string {
-	if p < numPhases {
-		return phaseNames[p]
-	}
-	return "invalid"
-}
-
-// TransactionSpanName is the name of a transaction's span.
-const TransactionSpanName = "threepc.transaction"
 
 // Coordinator is the instrumentation of one txmanager.Manager. It is safe
 // for concurrent use.
@@ -94,7 +87,7 @@ var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 // errorTypes name the coordinator's own sentinels for error.type; they are
 // tried before the resource package's.
 func NewCoordinator(tp trace.TracerProvider, mp metric.MeterProvider, protocol string, errorTypes ...ErrorType) *Coordinator {
-	c := &Coordinator{protocol: KeyProtocol.String(protocol)}
+	c := &Coordinator{protocol: tracing.KeyProtocol.String(protocol)}
 	c.init(tp, errorTypes)
 	meter := meterOf(mp)
 	var err error
@@ -118,12 +111,12 @@ func NewCoordinator(tp trace.TracerProvider, mp metric.MeterProvider, protocol s
 	}
 	// Attribute sets are built once so that recording allocates nothing.
 	for o := range numOutcomes {
-		set := attribute.NewSet(KeyOutcome.String(o.String()), c.protocol)
+		set := attribute.NewSet(tracing.KeyOutcome.String(o.String()), c.protocol)
 		c.outcomeAdd[o] = []metric.AddOption{metric.WithAttributeSet(set)}
 		c.outcomeRec[o] = []metric.RecordOption{metric.WithAttributeSet(set)}
 	}
-	for p := range numPhases {
-		c.phaseRec[p] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(KeyPhase.String(p.String()), c.protocol))}
+	for i, p := range spanPhases {
+		c.phaseRec[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(tracing.KeyPhase.String(string(p)), c.protocol))}
 	}
 	return c
 }
@@ -143,9 +136,9 @@ func (c *Coordinator) Start(ctx context.Context, gtid string) Txn {
 	if c == nil {
 		return Txn{}
 	}
-	_, span := c.start(ctx, TransactionSpanName, internalSpan)
+	_, span := c.start(ctx, tracing.TransactionSpanName, internalSpan)
 	if span != nil && span.IsRecording() {
-		span.SetAttributes(KeyGTID.String(gtid), c.protocol)
+		span.SetAttributes(tracing.KeyGTID.String(gtid), c.protocol)
 	}
 	return Txn{c: c, span: span, start: time.Now()}
 }
@@ -169,7 +162,7 @@ func (t *Txn) SetParticipants(primary string, participants []string) {
 	if t.span == nil || !t.span.IsRecording() {
 		return
 	}
-	t.span.SetAttributes(KeyPrimary.String(primary), KeyParticipants.StringSlice(participants))
+	t.span.SetAttributes(tracing.KeyPrimary.String(primary), tracing.KeyParticipants.StringSlice(participants))
 }
 
 // End ends the transaction's span and records its metrics. err is what
@@ -188,7 +181,7 @@ func (t *Txn) End(outcome Outcome, err error) {
 		return
 	}
 	if t.span.IsRecording() {
-		t.span.SetAttributes(KeyOutcome.String(outcome.String()))
+		t.span.SetAttributes(tracing.KeyOutcome.String(outcome.String()))
 		if err != nil {
 			c.recordError(t.span, err)
 		}
@@ -200,26 +193,27 @@ func (t *Txn) End(outcome Outcome, err error) {
 type PhaseSpan struct {
 	c     *Coordinator
 	span  trace.Span
-	phase Phase
+	slot  int // in spanPhases
 	start time.Time
 }
 
 // Phase starts a phase's span. ctx should come from Txn.Context (the span
 // is its current span's child); the returned context carries the phase's
 // span, for the phase's Op spans.
-func (t *Txn) Phase(ctx context.Context, p Phase) (context.Context, PhaseSpan) {
-	if t.c == nil {
+func (t *Txn) Phase(ctx context.Context, p resource.Phase) (context.Context, PhaseSpan) {
+	slot := phaseSlot(p)
+	if t.c == nil || slot < 0 {
 		return ctx, PhaseSpan{}
 	}
 	if t.span == nil || !t.span.IsRecording() {
 		// Not sampled (or no SDK): the phase's span would not be either,
 		// with the parent-based samplers OpenTelemetry recommends; skip
 		// it, and the allocations of a span nobody records.
-		return ctx, PhaseSpan{c: t.c, phase: p, start: time.Now()}
+		return ctx, PhaseSpan{c: t.c, slot: slot, start: time.Now()}
 	}
 	ctx = t.Context(ctx)
-	ctx, span := t.c.start(ctx, phaseSpanNames[p], internalSpan)
-	return ctx, PhaseSpan{c: t.c, span: span, phase: p, start: time.Now()}
+	ctx, span := t.c.start(ctx, phaseSpanNames[slot], internalSpan)
+	return ctx, PhaseSpan{c: t.c, span: span, slot: slot, start: time.Now()}
 }
 
 // End ends the phase, recording err as the span's status and error.type,
@@ -228,7 +222,7 @@ func (p PhaseSpan) End(err error) {
 	if p.c == nil {
 		return
 	}
-	p.c.phaseDur.Record(context.Background(), time.Since(p.start).Seconds(), p.c.phaseRec[p.phase]...)
+	p.c.phaseDur.Record(context.Background(), time.Since(p.start).Seconds(), p.c.phaseRec[p.slot]...)
 	if p.span == nil {
 		return
 	}
