@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/threepc/threepc/internal/telemetry"
 )
 
 // cleaner settles marker rows in the background, in batches per resource
@@ -126,9 +125,7 @@ func (c *cleaner) flush(batch cleanupBatch) {
 			continue
 		}
 		wg.Go(func() {
-			octx, op := m.tel.Op(ctx, telemetry.OpDeleteMarkers, m.res[name])
-			err := m.res[name].DeleteMarkers(octx, gtids...)
-			op.End(err)
+			err := m.res[name].DeleteMarkers(ctx, gtids...)
 			if err != nil {
 				m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "resource", name, "transactions", len(gtids), "err", err)
 			}

@@ -50,12 +50,10 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 	// Logging last resource: the primary is not prepared; its one-phase
 	// commit, with the decision row inserted inside it, is the commit
 	// point.
-	var last resource.MarkerCommitter
+	var last *branch
 	voters := branches
-	if m.opts.lastResource {
-		if mc, ok := branches[0].b.(resource.MarkerCommitter); ok {
-			last, voters = mc, branches[1:]
-		}
+	if m.opts.lastResource && branches[0].b.CanCommitWithMarker() {
+		last, voters = branches[0], branches[1:]
 	}
 
 	// Vote. The transaction timeout bounds the work and the vote.
@@ -68,10 +66,7 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 		if err := m.failpoint(prepCtx, BeforePrepare, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(prepCtx, telemetry.OpPrepare, b.res)
-		vote, err := b.b.Prepare(octx)
-		op.Vote(vote)
-		op.End(err)
+		vote, err := b.b.Prepare(prepCtx)
 		if err != nil {
 			return tx.stmtError(err)
 		}
@@ -194,9 +189,7 @@ func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
 	octx, phase := tx.tel.Phase(cctx, resource.PhaseCommitOnePhase)
-	octx, op := m.tel.Op(octx, telemetry.OpCommitOnePhase, b.res)
 	err := b.b.CommitOnePhase(octx)
-	op.End(err)
 	phase.End(err)
 	switch {
 	case err == nil:
@@ -245,9 +238,7 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 		err := m.insertMarker(ictx, primary, marker)
 		if errors.Is(err, resource.ErrMarkerExists) {
 			var row resource.Marker
-			octx, op := m.tel.Op(ictx, telemetry.OpReadMarker, primary)
-			row, err = primary.ReadMarker(octx, tx.gtid)
-			op.End(err)
+			row, err = primary.ReadMarker(ictx, tx.gtid)
 			if err == nil {
 				cancel()
 				if row.State != resource.StateAbort {
@@ -279,16 +270,14 @@ func (tx *Tx) decide(ctx context.Context, marker resource.Marker) error {
 // abort row inserted at the primary either goes in (the commit did not
 // happen and never will: the gtid's primary key serializes the two) or
 // meets the precommit row (it did).
-func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last resource.MarkerCommitter) error {
+func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last *branch) error {
 	m := tx.m
 	decisionDeadline := tx.deadline.Add(m.opts.decideTimeout)
 	if err := m.failpoint(ctx, BeforeDecide, tx.gtid, tx.primary); err != nil {
 		return err
 	}
 	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-	octx, op := m.tel.Op(ictx, telemetry.OpCommitWithMarker, m.res[tx.primary])
-	err := last.CommitWithMarker(octx, marker)
-	op.End(err)
+	err := last.b.CommitWithMarker(ictx, marker)
 	cancel()
 	switch {
 	case err == nil:
@@ -384,7 +373,9 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 		if err := m.failpoint(cctx, BeforeCommit, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(cctx, telemetry.OpCommit, b.res)
+		// One span for the commit and its retries by id, which go to the
+		// driver directly.
+		octx, op := b.res.Op(cctx, telemetry.OpCommit)
 		err := tx.commitBranch(octx, b)
 		op.End(err)
 		if err != nil {
@@ -421,7 +412,7 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 	m := tx.m
 	giveUp := m.opts.clock.Now().Add(m.opts.commitTimeout)
-	err := b.b.Commit(ctx)
+	err := b.b.Unwrap().Commit(ctx)
 	for attempt := 1; err != nil; attempt++ {
 		if errors.Is(err, resource.ErrHeuristic) {
 			// A scan may have committed the branch and settled the
@@ -446,7 +437,7 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 			return errors.Join(err, serr)
 		}
 		tx.closeBranch(b) // the pinned connection is suspect: go by id
-		err = b.res.CommitPrepared(ctx, b.xid)
+		err = b.res.Unwrap().CommitPrepared(ctx, b.xid)
 	}
 	return nil
 }
@@ -455,9 +446,7 @@ func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 // tombstone: proof that every branch committed.
 func (tx *Tx) settled(ctx context.Context) (bool, error) {
 	primary := tx.m.res[tx.primary]
-	octx, op := tx.m.tel.Op(ctx, telemetry.OpReadMarker, primary)
-	row, err := primary.ReadMarker(octx, tx.gtid)
-	op.End(err)
+	row, err := primary.ReadMarker(ctx, tx.gtid)
 	switch {
 	case errors.Is(err, resource.ErrNoMarker):
 		// After this coordinator's decision, its row disappears only
@@ -494,9 +483,7 @@ func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 	}
 	m.each(len(others), func(i int) {
 		r := m.res[others[i]]
-		octx, op := m.tel.Op(cctx, telemetry.OpDeleteMarkers, r)
-		err := r.DeleteMarkers(octx, tx.gtid)
-		op.End(err)
+		err := r.DeleteMarkers(cctx, tx.gtid)
 		if err != nil {
 			m.opts.logger.Info("threepc: marker clean-up deferred to recovery", "gtid", tx.gtid, "resource", r.Name(), "err", err)
 		}
@@ -509,15 +496,9 @@ func (tx *Tx) cleanup(ctx context.Context, participants []string) {
 func (m *Manager) settlePrimary(ctx context.Context, primary string, gtids ...string) error {
 	r := m.res[primary]
 	if seeded.DeleteDecisionRow.Load() {
-		octx, op := m.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
-		err := r.DeleteMarkers(octx, gtids...)
-		op.End(err)
-		return err
+		return r.DeleteMarkers(ctx, gtids...)
 	}
-	octx, op := m.tel.Op(ctx, telemetry.OpTombstone, r)
-	err := r.Tombstone(octx, gtids...)
-	op.End(err)
-	return err
+	return r.Tombstone(ctx, gtids...)
 }
 
 // abort rolls back branches and returns the AbortError.
@@ -548,13 +529,9 @@ func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 		if err := m.failpoint(rctx, BeforeRollback, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		octx, op := m.tel.Op(rctx, telemetry.OpRollback, b.res)
-		err := b.b.Rollback(octx)
-		op.End(err)
+		err := b.b.Rollback(rctx)
 		if err != nil && b.prepared && !errors.Is(err, resource.ErrUnknownBranch) {
-			octx, op := m.tel.Op(rctx, telemetry.OpRollbackPrepared, b.res)
-			err = b.res.RollbackPrepared(octx, b.xid)
-			op.End(err)
+			err = b.res.RollbackPrepared(rctx, b.xid)
 		}
 		if err != nil && !errors.Is(err, resource.ErrUnknownBranch) {
 			return &resource.BranchError{Resource: b.xid.Branch, Phase: resource.PhaseRollback, Err: err}

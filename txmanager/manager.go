@@ -39,7 +39,7 @@ import (
 // Manager coordinates distributed transactions over a fixed set of
 // resources. It is safe for concurrent use.
 type Manager struct {
-	res     map[string]resource.Resource
+	res     map[string]*telemetry.Resource // instrumented: every database call is a span
 	opts    options
 	tel     *telemetry.Coordinator
 	cleaner *cleaner // nil unless WithAsyncCleanup
@@ -51,12 +51,13 @@ type Manager struct {
 // New returns a manager over resources, whose names must be unique. It
 // does not touch the databases; call Check to verify them at start-up.
 func New(resources []resource.Resource, opts ...Option) (*Manager, error) {
-	m := &Manager{res: make(map[string]resource.Resource, len(resources)), opts: defaultOptions()}
+	m := &Manager{res: make(map[string]*telemetry.Resource, len(resources)), opts: defaultOptions()}
 	for _, o := range opts {
 		if err := o.apply(&m.opts); err != nil {
 			return nil, err
 		}
 	}
+	m.tel = newTelemetry(m.opts)
 	for _, r := range resources {
 		if err := resource.ValidateName(r.Name()); err != nil {
 			return nil, err
@@ -64,9 +65,8 @@ func New(resources []resource.Resource, opts ...Option) (*Manager, error) {
 		if _, dup := m.res[r.Name()]; dup {
 			return nil, fmt.Errorf("threepc: resource %q registered twice", r.Name())
 		}
-		m.res[r.Name()] = r
+		m.res[r.Name()] = m.tel.Wrap(r)
 	}
-	m.tel = newTelemetry(m.opts)
 	if m.opts.batching {
 		m.batchers = newMarkerBatchers(m)
 	}

@@ -43,8 +43,8 @@ type stmtFailure struct {
 
 // branch is the coordinator's record of one enlisted branch.
 type branch struct {
-	res      resource.Resource
-	b        resource.Branch
+	res      *telemetry.Resource // the coordinator's view of the resource: calls are spans
+	b        telemetry.Branch    // the driver's branch, its protocol calls spans
 	xid      resource.XID
 	prepared bool // voted VotePrepared
 	readOnly bool // voted VoteReadOnly: finished, leaves the protocol
@@ -87,7 +87,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		return nil, ErrTxDone
 	}
 	if b, ok := tx.branches[name]; ok {
-		return b.b, nil
+		return b.b.Unwrap(), nil
 	}
 	r, ok := tx.m.res[name]
 	if !ok {
@@ -101,18 +101,16 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		primary = name
 	}
 	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name, Space: tx.m.opts.space}
-	bctx, op := tx.m.tel.Op(tx.tel.Context(ctx), telemetry.OpBegin, r)
-	rb, err := r.Begin(bctx, xid)
-	op.End(err)
+	tb, err := r.BeginBranch(tx.tel.Context(ctx), xid)
 	if err != nil {
 		return nil, tx.fail(name, resource.PhaseBegin, tx.stmtError(err))
 	}
 	tx.primary = primary
 	// The driver may complete the id (MySQL records the session in it).
-	b := &branch{res: r, b: rb, xid: rb.XID()}
+	b := &branch{res: r, b: tb, xid: tb.XID()}
 	tx.branches[name] = b
 	tx.order = append(tx.order, b)
-	return rb, nil
+	return tb.Unwrap(), nil
 }
 
 // fail records a failure that dooms the transaction (called with tx.mu
