@@ -335,7 +335,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		return 0, err
 	}
 	if b.failed != nil {
-		return 0, fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+		return 0, fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, withStatus(b.failed))
 	}
 	wrote, err := b.written(ctx)
 	if err != nil {
@@ -447,7 +447,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		return err
 	}
 	if b.failed != nil {
-		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, withStatus(b.failed))
 	}
 	if err := b.exec(ctx, "XA END"); err != nil {
 		return b.endFailed(what, err)

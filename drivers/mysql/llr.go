@@ -113,7 +113,7 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 		return err
 	}
 	if b.failed != nil {
-		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, withStatus(b.failed))
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
