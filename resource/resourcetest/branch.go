@@ -7,8 +7,11 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// 1.
-func testPrepareCommit(t *testing.T, target Target) {
+// TestPrepareCommit checks a branch that is prepared and then committed on
+// its own connection: invisible to others while prepared, listed by
+// Recover, without evidence; committed, visible and with evidence after
+// Commit. Close is idempotent.
+func TestPrepareCommit(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_commit")
 	createItems(t, r)
@@ -37,8 +40,10 @@ func testPrepareCommit(t *testing.T, target Target) {
 	wantPrepared(t, ctx, r, "after Commit")
 }
 
-// 2.
-func testPrepareRollback(t *testing.T, target Target) {
+// TestPrepareRollback checks a branch that is prepared and then rolled
+// back on its own connection: nothing of it is left, neither rows nor
+// prepared branch nor evidence.
+func TestPrepareRollback(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_rollback")
 	createItems(t, r)
@@ -59,8 +64,9 @@ func testPrepareRollback(t *testing.T, target Target) {
 	wantCommitted(t, ctx, r, xid, false, "after Rollback")
 }
 
-// 3.
-func testUnprepared(t *testing.T, target Target) {
+// TestUnprepared checks branches finished without Prepare: Rollback of an
+// active branch and CommitOnePhase.
+func TestUnprepared(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_unprep")
 	createItems(t, r)
@@ -87,8 +93,9 @@ func testUnprepared(t *testing.T, target Target) {
 	})
 }
 
-// 9.
-func testFailedBranch(t *testing.T, target Target) {
+// TestFailedBranchRefusesPrepare checks that a branch whose statement
+// failed refuses to prepare (ErrPrepareRefused) and leaves nothing behind.
+func TestFailedBranchRefusesPrepare(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_failed")
 	createItems(t, r)
@@ -129,8 +136,10 @@ func testFailedBranch(t *testing.T, target Target) {
 	}
 }
 
-// 10.
-func testReadOnly(t *testing.T, target Target) {
+// TestReadOnlyBranch checks a branch that wrote nothing: it votes
+// read-only (and is finished) or prepared, and every finish after the
+// vote (Close, Rollback, Commit) is answered as the vote allows.
+func TestReadOnlyBranch(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_readonly")
 	createItems(t, r)

@@ -32,6 +32,9 @@ func uniqueName(base string) string {
 // its prepared leftovers to be rolled back and for it to be closed.
 func newResource(t *testing.T, target Target, base string) resource.Resource {
 	t.Helper()
+	if target.New == nil {
+		t.Fatal("resourcetest: Target.New is nil")
+	}
 	name := uniqueName(base)
 	r := target.New(t, name)
 	if r == nil {

@@ -11,8 +11,10 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// 8.
-func testMarkers(t *testing.T, target Target) {
+// TestMarkers checks the marker table: InsertMarker's compare-and-set,
+// ReadMarker, ListMarkers and DeleteMarkers, validation, the optional
+// resource.MarkerBatcher, and concurrent inserts of one gtid.
+func TestMarkers(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_markers")
 

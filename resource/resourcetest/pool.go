@@ -72,8 +72,9 @@ func checkPool(t *testing.T, ctx context.Context, r resource.Resource, firstID i
 	}
 }
 
-// 11.
-func testPoolHygiene(t *testing.T, target Target) {
+// TestPoolHygiene checks that no branch, however it ends, hands its
+// connection back to the pool inside a transaction or an XA state.
+func TestPoolHygiene(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_pool")
 	createItems(t, r)
@@ -153,10 +154,11 @@ func testPoolHygiene(t *testing.T, target Target) {
 	wantPrepared(t, ctx, r, "after rolling back the unfinished branch")
 }
 
-// Branch.Rollback from another goroutine must end a branch whose statement
-// waits on a lock: that is how a transaction timeout breaks a distributed
-// deadlock, which neither database can see.
-func testAbandon(t *testing.T, target Target) {
+// TestAbandonBlockedBranch checks that Branch.Rollback from another
+// goroutine ends a branch whose statement waits on a lock: that is how a
+// transaction timeout breaks a distributed deadlock, which neither
+// database can see.
+func TestAbandonBlockedBranch(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_abandon")
 	createItems(t, r)

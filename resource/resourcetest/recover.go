@@ -7,8 +7,10 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// 4.
-func testSurvivesDisconnect(t *testing.T, target Target) {
+// TestSurvivesDisconnect checks that a prepared branch survives the close
+// of its connection and is committed by id (Resource.CommitPrepared) from
+// another one, with its evidence.
+func TestSurvivesDisconnect(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_disconnect")
 	createItems(t, r)
@@ -32,8 +34,11 @@ func testSurvivesDisconnect(t *testing.T, target Target) {
 	wantPrepared(t, ctx, r, "after CommitPrepared")
 }
 
-// 6.
-func testRecoverOwnOnly(t *testing.T, target Target) {
+// TestRecoverListsOwnBranchesOnly checks that Resource.Recover lists this
+// resource's branches only, next to other software's prepared transactions
+// (Target.PrepareForeign) and another resource's branches on the same
+// database (Target.NewOnDatabaseOf); both are required.
+func TestRecoverListsOwnBranchesOnly(t *testing.T, target Target) {
 	if target.PrepareForeign == nil || target.NewOnDatabaseOf == nil {
 		t.Fatal("Target.PrepareForeign or Target.NewOnDatabaseOf is nil: listing only this resource's branches, next to other software's prepared transactions and other resources' branches on the same database, is part of conformance")
 	}
@@ -111,13 +116,11 @@ func testRecoverOwnOnly(t *testing.T, target Target) {
 	wantPrepared(t, ctx, other, "after finishing everything")
 }
 
-// 7.
-//
-// A branch that is not prepared (never was, or is finished) proves
-// nothing by its absence: a commit of it is nil only with its evidence,
-// else ErrHeuristic; a rollback of it is ErrUnknownBranch, or
-// ErrHeuristic when it committed.
-func testFinishedBranches(t *testing.T, target Target) {
+// TestFinishedBranches checks finishing branches that are not prepared
+// (never were, or are finished): their absence proves nothing, so a commit
+// of one is nil only with its evidence, else ErrHeuristic; a rollback of
+// one is ErrUnknownBranch, or ErrHeuristic when it committed.
+func TestFinishedBranches(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_finished")
 	createItems(t, r)

@@ -11,6 +11,12 @@ import (
 // conformance). Each subtest gets resources of its own from target.New.
 // The subtests run one after another: one of them kills the server.
 //
+// Every subtest is also exported on its own (TestPrepareCommit,
+// TestMarkers, ...; Run's subtest names without the Test prefix), for a
+// driver's test that wants to run some of them, or to run them apart. With
+// a nil Target.Kill (an external server) only the crash subtest,
+// TestSurvivesServerCrash, is skipped.
+//
 // The suite uses only the resource interfaces and portable SQL on a table
 // rt_items it creates in each subtest's database.
 func Run(t *testing.T, target Target) {
@@ -21,27 +27,27 @@ func Run(t *testing.T, target Target) {
 		name string
 		f    func(*testing.T, Target)
 	}{
-		{"PrepareCommit", testPrepareCommit},
-		{"PrepareRollback", testPrepareRollback},
-		{"Unprepared", testUnprepared},
-		{"SurvivesDisconnect", testSurvivesDisconnect},
-		{"RecoverListsOwnBranchesOnly", testRecoverOwnOnly},
-		{"FinishedBranches", testFinishedBranches},
-		{"Markers", testMarkers},
-		{"FailedBranchRefusesPrepare", testFailedBranch},
-		{"ReadOnlyBranch", testReadOnly},
-		{"PoolHygiene", testPoolHygiene},
-		{"Validation", testValidation},
-		{"Context", testContexts},
-		{"AbandonBlockedBranch", testAbandon},
-		{"Check", testCheck},
-		{"CommitWithMarker", testCommitWithMarker},
-		{"Evidence", testEvidence},
-		{"Tombstone", testTombstone},
-		{"OutsideRollbackIsHeuristic", testOutsideRollback},
+		{"PrepareCommit", TestPrepareCommit},
+		{"PrepareRollback", TestPrepareRollback},
+		{"Unprepared", TestUnprepared},
+		{"SurvivesDisconnect", TestSurvivesDisconnect},
+		{"RecoverListsOwnBranchesOnly", TestRecoverListsOwnBranchesOnly},
+		{"FinishedBranches", TestFinishedBranches},
+		{"Markers", TestMarkers},
+		{"FailedBranchRefusesPrepare", TestFailedBranchRefusesPrepare},
+		{"ReadOnlyBranch", TestReadOnlyBranch},
+		{"PoolHygiene", TestPoolHygiene},
+		{"Validation", TestValidation},
+		{"Context", TestContext},
+		{"AbandonBlockedBranch", TestAbandonBlockedBranch},
+		{"Check", TestCheck},
+		{"CommitWithMarker", TestCommitWithMarker},
+		{"Evidence", TestEvidence},
+		{"Tombstone", TestTombstone},
+		{"OutsideRollbackIsHeuristic", TestOutsideRollbackIsHeuristic},
 		// Last: it kills the server, and a failure half-way could leave it
 		// down for the subtests after it.
-		{"SurvivesServerCrash", testSurvivesCrash},
+		{"SurvivesServerCrash", TestSurvivesServerCrash},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.f(t, target) })

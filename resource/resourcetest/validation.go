@@ -9,8 +9,10 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// 12.
-func testValidation(t *testing.T, target Target) {
+// TestValidation checks that Begin, CommitPrepared and RollbackPrepared
+// refuse malformed ids and ids of other resources before touching the
+// database.
+func TestValidation(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_valid")
 	gtid := NewGTID()
@@ -60,8 +62,9 @@ func testValidation(t *testing.T, target Target) {
 	wantPrepared(t, ctx, r, "after refused Begins")
 }
 
-// 13.
-func testContexts(t *testing.T, target Target) {
+// TestContext checks cancelled contexts and a deadline that ends during
+// Prepare.
+func TestContext(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_context")
 	createItems(t, r)
@@ -109,8 +112,9 @@ func testContexts(t *testing.T, target Target) {
 	})
 }
 
-// 14.
-func testCheck(t *testing.T, target Target) {
+// TestCheck checks Resource.Check on a migrated database and the System
+// name.
+func TestCheck(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_check")
 	if err := r.Check(ctx); err != nil {
