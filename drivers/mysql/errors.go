@@ -96,9 +96,9 @@ func rejected(err error) bool {
 	return false
 }
 
-// isConnErr reports whether err means the connection or server failed, so
+// isConnError reports whether err means the connection or server failed, so
 // that the outcome of the statement in flight is unknown.
-func isConnErr(err error) bool {
+func isConnError(err error) bool {
 	if err == nil {
 		return false
 	}
@@ -116,10 +116,10 @@ func isConnErr(err error) bool {
 	return errors.As(err, &ne)
 }
 
-// isCtxErr reports whether err is the cancellation or deadline of a
+// isCtxError reports whether err is the cancellation or deadline of a
 // context. go-sql-driver closes the connection when a statement's context
 // ends, so the statement's outcome is then unknown too.
-func isCtxErr(err error) bool {
+func isCtxError(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
@@ -140,7 +140,7 @@ func wrapConn(what string, err error) error {
 	if rejected(err) {
 		return wrap(what, resource.ErrConnectionRejected, err)
 	}
-	if isConnErr(err) {
+	if isConnError(err) {
 		return wrap(what, resource.ErrUnreachable, err)
 	}
 	return wrap(what, nil, err)

@@ -158,16 +158,16 @@ func TestXIDLiteral(t *testing.T) {
 func TestErrorClasses(t *testing.T) {
 	my := func(n uint16) error { return fmt.Errorf("ctx: %w", &mysqldriver.MySQLError{Number: n}) }
 	for _, err := range []error{io.EOF, mysqldriver.ErrInvalidConn, &net.OpError{Op: "dial", Err: errors.New("refused")}, my(2006), my(2013), my(1927), my(1053)} {
-		if !isConnErr(err) {
-			t.Errorf("isConnErr(%v) = false", err)
+		if !isConnError(err) {
+			t.Errorf("isConnError(%v) = false", err)
 		}
 		if w := wrapConn("x", err); !errors.Is(w, resource.ErrUnreachable) || !errors.Is(w, err) {
 			t.Errorf("wrapConn(%v) = %v", err, w)
 		}
 	}
 	for _, err := range []error{my(1062), my(1397), errors.New("other"), nil} {
-		if isConnErr(err) {
-			t.Errorf("isConnErr(%v) = true", err)
+		if isConnError(err) {
+			t.Errorf("isConnError(%v) = true", err)
 		}
 	}
 	for _, n := range []uint16{1402, 1613, 1614} {
