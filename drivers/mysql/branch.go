@@ -3,13 +3,13 @@ package mysql
 import (
 	"context"
 	"database/sql"
-
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/threepc/threepc/internal/sqlerr"
 	"github.com/threepc/threepc/resource"
 )
 
@@ -225,12 +225,13 @@ func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 }
 
 // QueryRowContext runs a query that returns at most one row inside the
-// branch. On a branch that is no longer active the query runs on the
-// finished connection and fails (sql.ErrConnDone or XAER_RMFAIL).
+// branch. On a branch that is no longer active the query is not run: Row.Scan
+// and Row.Err return the error ExecContext would.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	b.mu.Lock()
-	c := b.conn
-	b.mu.Unlock()
+	c, err := b.workConn()
+	if err != nil {
+		return sqlerr.Row(err)
+	}
 	b.running.Add(1)
 	row := c.QueryRowContext(ctx, query, args...)
 	b.running.Add(-1)

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/threepc/threepc/internal/sqlerr"
 	"github.com/threepc/threepc/resource"
 )
 
@@ -156,9 +157,9 @@ func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 // branch.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	if !b.active() {
-		// *sql.Row cannot be built with an error; a pool that never
-		// connects delivers errBranchNotActive through Row.Scan.
-		return notActiveDB.QueryRowContext(ctx, query, args...)
+		// Row.Scan and Row.Err return errBranchNotActive, as ExecContext
+		// does; the query is not run.
+		return sqlerr.Row(errBranchNotActive)
 	}
 	b.inflight.Add(1)
 	defer b.inflight.Add(-1)
@@ -521,18 +522,3 @@ func (b *Branch) Close() error {
 	}
 	return nil
 }
-
-// notActiveDB is a pool that never connects; see QueryRowContext.
-var notActiveDB = sql.OpenDB(refusingConnector{})
-
-type refusingConnector struct{}
-
-func (refusingConnector) Connect(context.Context) (driver.Conn, error) {
-	return nil, errBranchNotActive
-}
-
-func (refusingConnector) Driver() driver.Driver { return refusingDriver{} }
-
-type refusingDriver struct{}
-
-func (refusingDriver) Open(string) (driver.Conn, error) { return nil, errBranchNotActive }

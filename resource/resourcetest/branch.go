@@ -202,3 +202,72 @@ func TestReadOnlyBranch(t *testing.T, target Target) {
 	closeBranch(t, b)
 	wantRow(t, r, 2, "writing branch after the read-only ones")
 }
+
+// TestStatementsAfterEnd checks that once a branch is prepared,
+// committed, rolled back or closed, its query methods fail without
+// running anything, QueryRowContext (through Row.Err and Row.Scan) as
+// ExecContext does: a statement run then would autocommit outside the
+// distributed transaction.
+func TestStatementsAfterEnd(t *testing.T, target Target) {
+	ctx := timeoutContext(t, testTimeout)
+	r := newResource(t, target, "rt_after")
+	createItems(t, r)
+	ends := []struct {
+		name string
+		end  func(t *testing.T, b resource.Branch)
+	}{
+		{"Prepared", func(t *testing.T, b resource.Branch) { prepare(t, ctx, b) }},
+		{"Committed", func(t *testing.T, b resource.Branch) {
+			prepare(t, ctx, b)
+			if err := b.Commit(ctx); err != nil {
+				t.Fatalf("Commit: %v", err)
+			}
+		}},
+		{"CommittedOnePhase", func(t *testing.T, b resource.Branch) {
+			if err := b.CommitOnePhase(ctx); err != nil {
+				t.Fatalf("CommitOnePhase: %v", err)
+			}
+		}},
+		{"RolledBack", func(t *testing.T, b resource.Branch) {
+			if err := b.Rollback(ctx); err != nil {
+				t.Fatalf("Rollback: %v", err)
+			}
+		}},
+		{"Closed", func(t *testing.T, b resource.Branch) { closeBranch(t, b) }},
+	}
+	for i, tc := range ends {
+		t.Run(tc.name, func(t *testing.T) {
+			id := 10 * (i + 1)
+			b := begin(t, ctx, r, NewXID(r))
+			defer closeBranch(t, b)
+			execIn(t, ctx, b, insertSQL(id, 1))
+			tc.end(t, b)
+
+			_, execErr := b.ExecContext(ctx, insertSQL(id+1, 2))
+			if execErr == nil {
+				t.Fatalf("ExecContext on a branch %s: no error", tc.name)
+			}
+			if rows, err := b.QueryContext(ctx, "SELECT id FROM rt_items"); err == nil {
+				_ = rows.Close()
+				t.Errorf("QueryContext on a branch %s: no error", tc.name)
+			}
+			row := b.QueryRowContext(ctx, insertSQL(id+2, 3))
+			rowErr := row.Err()
+			var x int
+			scanErr := row.Scan(&x)
+			switch {
+			case rowErr == nil || scanErr == nil:
+				t.Errorf("QueryRowContext on a branch %s: Row.Err %v, Row.Scan %v; want both to fail", tc.name, rowErr, scanErr)
+			case rowErr.Error() != execErr.Error() || scanErr.Error() != execErr.Error():
+				t.Errorf("QueryRowContext on a branch %s: Row.Err %q, Row.Scan %q; want ExecContext's error %q", tc.name, rowErr, scanErr, execErr)
+			}
+			if tc.name == "Prepared" {
+				if err := b.Rollback(ctx); err != nil {
+					t.Errorf("Rollback of the prepared branch: %v", err)
+				}
+			}
+			wantNoRow(t, r, id+1, "ExecContext after the branch's end")
+			wantNoRow(t, r, id+2, "QueryRowContext after the branch's end")
+		})
+	}
+}

@@ -35,6 +35,7 @@ func Run(t *testing.T, target Target) {
 		{"FinishedBranches", TestFinishedBranches},
 		{"Markers", TestMarkers},
 		{"FailedBranchRefusesPrepare", TestFailedBranchRefusesPrepare},
+		{"StatementsAfterEnd", TestStatementsAfterEnd},
 		{"ReadOnlyBranch", TestReadOnlyBranch},
 		{"PoolHygiene", TestPoolHygiene},
 		{"Validation", TestValidation},
