@@ -473,11 +473,40 @@ type listedXID struct {
 	dbTag string
 }
 
-// recover runs plain XA RECOVER, whose data column is the raw bytes of
-// gtrid followed by bqual (XA RECOVER CONVERT XID would hex-encode them
-// into SQL that has to be parsed again), and returns every threepc XID of
-// the server, whatever its database.
+// recover returns every threepc XID that XA RECOVER lists, whatever its
+// database.
 func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
+	all, err := r.xaRecover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []listedXID
+	for _, e := range all {
+		if e.ours {
+			out = append(out, listedXID{xid: e.xid, dbTag: e.dbTag})
+		}
+	}
+	return out, nil
+}
+
+// xaEntry is one row of XA RECOVER.
+type xaEntry struct {
+	formatID     int64
+	gtrid, bqual string
+	// data is the row's data column, when its lengths do not match it
+	// (gtrid and bqual are then empty).
+	data  []byte
+	valid bool // the lengths match the data
+	ours  bool // a threepc id: xid and dbTag are set
+	xid   resource.XID
+	dbTag string
+}
+
+// xaRecover runs plain XA RECOVER, whose data column is the raw bytes of
+// gtrid followed by bqual (XA RECOVER CONVERT XID would hex-encode them
+// into SQL that has to be parsed again), and returns every row: the
+// server's prepared XA transactions, whatever their database and writer.
+func (r *Resource) xaRecover(ctx context.Context) ([]xaEntry, error) {
 	rows, err := r.db.QueryContext(ctx, "XA RECOVER")
 	if err != nil {
 		if mysqlErrno(err) == erAccessDenied {
@@ -486,23 +515,59 @@ func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
 		return nil, r.unreachable("XA RECOVER", err)
 	}
 	defer rows.Close()
-	var out []listedXID
+	var out []xaEntry
 	for rows.Next() {
 		var formatID, gtridLen, bqualLen int64
 		var data []byte
 		if err := rows.Scan(&formatID, &gtridLen, &bqualLen, &data); err != nil {
 			return nil, wrap("XA RECOVER", nil, err)
 		}
+		e := xaEntry{formatID: formatID}
 		if gtridLen < 0 || bqualLen < 0 || gtridLen+bqualLen != int64(len(data)) {
+			e.data = data
+			out = append(out, e)
 			continue
 		}
-		x, tag, ok := resource.ParseMySQL(int(formatID), string(data[:gtridLen]), string(data[gtridLen:]))
-		if ok {
-			out = append(out, listedXID{xid: x, dbTag: tag})
-		}
+		e.valid = true
+		e.gtrid, e.bqual = string(data[:gtridLen]), string(data[gtridLen:])
+		e.xid, e.dbTag, e.ours = resource.ParseMySQL(int(formatID), e.gtrid, e.bqual)
+		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, r.unreachable("XA RECOVER", err)
+	}
+	return out, nil
+}
+
+var _ resource.ServerPreparedLister = (*Resource)(nil)
+
+// ListServerPrepared lists every prepared XA transaction of the server
+// (XA RECOVER), threepc's and other software's, of every database. A
+// threepc branch's database is known by the database tag in its id; other
+// software's XA transactions have no database (SameDatabase false). XA
+// RECOVER gives no time: PreparedAt is always zero, and XID.Time is the
+// age of a threepc branch. A row whose lengths do not match its data is
+// listed with the raw data as its ID (X'data') and is never taken for
+// threepc's.
+func (r *Resource) ListServerPrepared(ctx context.Context) ([]resource.ServerPrepared, error) {
+	_, tag, err := r.serverInfo(ctx)
+	if err != nil {
+		return nil, err
+	}
+	all, err := r.xaRecover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]resource.ServerPrepared, 0, len(all))
+	for _, e := range all {
+		p := resource.ServerPrepared{ID: fmt.Sprintf("X'%x'", e.data)}
+		if e.valid {
+			p.ID = fmt.Sprintf("X'%x',X'%x',%d", e.gtrid, e.bqual, e.formatID)
+		}
+		if e.ours {
+			p.Ours, p.XID, p.SameDatabase = true, e.xid, e.dbTag == tag
+		}
+		out = append(out, p)
 	}
 	return out, nil
 }

@@ -293,3 +293,33 @@ func (r *Resource) Recover(ctx context.Context) ([]resource.PreparedBranch, erro
 	}
 	return out, nil
 }
+
+var _ resource.ServerPreparedLister = (*Resource)(nil)
+
+// ListServerPrepared lists every prepared transaction of the server
+// (pg_prepared_xacts), threepc's and other software's, of every database:
+// SameDatabase tells this resource's database from the others, and
+// PreparedAt is the server's prepared time.
+func (r *Resource) ListServerPrepared(ctx context.Context) ([]resource.ServerPrepared, error) {
+	rows, err := r.db.QueryContext(ctx,
+		"SELECT gid, prepared, owner, database, database = current_database() FROM pg_prepared_xacts ORDER BY database, gid")
+	if err != nil {
+		return nil, mapError(opOther, "listing the server's prepared transactions", err)
+	}
+	defer rows.Close()
+	var out []resource.ServerPrepared
+	for rows.Next() {
+		var p resource.ServerPrepared
+		if err := rows.Scan(&p.ID, &p.PreparedAt, &p.Owner, &p.Database, &p.SameDatabase); err != nil {
+			return nil, mapError(opOther, "listing the server's prepared transactions", err)
+		}
+		if x, ok := resource.ParsePostgresGID(p.ID); ok {
+			p.XID, p.Ours = x, true
+		}
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, mapError(opOther, "listing the server's prepared transactions", err)
+	}
+	return out, nil
+}

@@ -820,6 +820,69 @@ func TestRecoverIgnoresForeignBranches(t *testing.T) {
 	}
 }
 
+// TestListServerPrepared: ListServerPrepared lists every prepared
+// transaction of the server, threepc's and other software's, of this
+// database and of others, with its database, prepared time and owner.
+func TestListServerPrepared(t *testing.T) {
+	e := newEnv(t)
+	other := newEnv(t)
+	alpha := e.open(t, "alpha")
+	elsewhere := other.open(t, "alpha") // same name, another database
+	ctx := testCtx(t)
+	prepare := func(r *Resource) resource.XID {
+		t.Helper()
+		b := mustBegin(t, r, newXID(r))
+		if _, err := b.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.RollbackPrepared(context.Background(), b.XID()) })
+		return b.XID()
+	}
+	mine := prepare(alpha)
+	theirs := prepare(elsewhere)
+	foreign := "foreign-lsp-" + e.dbn
+	c, err := pgx.Connect(ctx, e.srv.DSN(e.dbn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	for _, q := range []string{"BEGIN", "PREPARE TRANSACTION '" + foreign + "'"} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() { _, _ = c.Exec(context.Background(), "ROLLBACK PREPARED '"+foreign+"'") })
+
+	before := time.Now()
+	got, err := alpha.ListServerPrepared(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]resource.ServerPrepared{}
+	for _, p := range got {
+		byID[p.ID] = p
+	}
+	want := []resource.ServerPrepared{
+		{ID: mine.PostgresGID(), Ours: true, XID: mine, Database: e.dbn, SameDatabase: true},
+		{ID: theirs.PostgresGID(), Ours: true, XID: theirs, Database: other.dbn},
+		{ID: foreign, Database: e.dbn, SameDatabase: true},
+	}
+	for _, w := range want {
+		p, ok := byID[w.ID]
+		if !ok {
+			t.Errorf("ListServerPrepared does not list %s: %+v", w.ID, got)
+			continue
+		}
+		if p.PreparedAt.IsZero() || p.PreparedAt.After(before.Add(time.Minute)) || p.Owner != "postgres" {
+			t.Errorf("%s: prepared at %v by %q, want the server's prepared time and owner", w.ID, p.PreparedAt, p.Owner)
+		}
+		p.PreparedAt, p.Owner = time.Time{}, ""
+		if p != w {
+			t.Errorf("ListServerPrepared: %s: got %+v, want %+v", w.ID, p, w)
+		}
+	}
+}
+
 func TestRollbackCancelsBlockedStatement(t *testing.T) {
 	e := newEnv(t)
 	r := e.open(t, "alpha")
