@@ -521,58 +521,40 @@ func ageStr(d time.Duration, n int) string {
 }
 
 // preparedStats counts prepared transactions: this namespace's threepc
-// branches (by id) and everything else. PostgreSQL's are those of the
-// resource's database; MySQL's XA RECOVER is server-wide (threepc's ids
-// carry the database) and has no timestamps (others' age is -1).
+// branches of the resource's database (by id) and everything else,
+// through the driver's resource.ServerPreparedLister. PostgreSQL's are
+// those of the resource's database; MySQL's XA RECOVER is server-wide
+// (threepc's ids carry the database) and has no timestamps (others' age
+// is -1).
 func preparedStats(ctx context.Context, r resource.Resource, space string) (ours int, oldestOurs time.Duration, others int, oldestOther time.Duration, err error) {
-	now := time.Now()
-	if r.System() == "postgresql" {
-		rows, err := r.DB().QueryContext(ctx, "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database()")
-		if err != nil {
-			return 0, 0, 0, 0, err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var gid string
-			var at time.Time
-			if err := rows.Scan(&gid, &at); err != nil {
-				return 0, 0, 0, 0, err
-			}
-			if x, ok := resource.ParsePostgresGID(gid); ok && x.Space == space {
-				ours++
-				oldestOurs = max(oldestOurs, now.Sub(at))
-			} else {
-				others++
-				oldestOther = max(oldestOther, now.Sub(at))
-			}
-		}
-		return ours, oldestOurs, others, oldestOther, rows.Err()
+	l, ok := r.(resource.ServerPreparedLister)
+	if !ok {
+		return 0, 0, 0, 0, fmt.Errorf("the %s driver (%T) cannot list the server's prepared transactions (it does not implement resource.ServerPreparedLister)", r.System(), r)
 	}
-	var schema string
-	if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(DATABASE(), '')").Scan(&schema); err != nil {
-		return 0, 0, 0, 0, err
-	}
-	rows, err := r.DB().QueryContext(ctx, "XA RECOVER")
+	ps, err := l.ListServerPrepared(ctx)
 	if err != nil {
 		return 0, 0, 0, 0, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var fid, gl, bl int
-		var data []byte
-		if err := rows.Scan(&fid, &gl, &bl, &data); err != nil {
-			return 0, 0, 0, 0, err
+	now := time.Now()
+	for _, p := range ps {
+		if p.Database != "" && !p.SameDatabase {
+			continue // another database, as the server says
 		}
-		if gl+bl > len(data) {
+		if p.Ours && p.SameDatabase && p.XID.Space == space {
+			ours++
+			at := p.PreparedAt
+			if at.IsZero() {
+				at = p.XID.Time()
+			}
+			oldestOurs = max(oldestOurs, now.Sub(at))
 			continue
 		}
-		if x, tag, ok := resource.ParseMySQL(fid, string(data[:gl]), string(data[gl:gl+bl])); ok && tag == resource.DatabaseTag(schema) && x.Space == space {
-			ours++
-			oldestOurs = max(oldestOurs, now.Sub(x.Time()))
-		} else {
-			others++
+		others++
+		if p.PreparedAt.IsZero() || oldestOther < 0 {
 			oldestOther = -1
+		} else {
+			oldestOther = max(oldestOther, now.Sub(p.PreparedAt))
 		}
 	}
-	return ours, oldestOurs, others, oldestOther, rows.Err()
+	return ours, oldestOurs, others, oldestOther, nil
 }

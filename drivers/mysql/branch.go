@@ -3,13 +3,13 @@ package mysql
 import (
 	"context"
 	"database/sql"
-
 	"fmt"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/threepc/threepc/internal/sqlerr"
 	"github.com/threepc/threepc/resource"
 )
 
@@ -18,30 +18,30 @@ import (
 type branchState int
 
 const (
-	stActive       branchState = iota // after XA START: the work phase
-	stRollbackOnly                    // the server rolled the work back (1402/1613/1614); XA ROLLBACK ends it
-	stPrepared                        // after XA PREPARE
-	stPrepareLost                     // XA PREPARE sent, connection broke: maybe prepared
-	stOnePhaseLost                    // XA COMMIT ONE PHASE sent, connection broke: outcome unknown
-	stCommitted
-	stRolledBack
+	stateActive       branchState = iota // after XA START: the work phase
+	stateRollbackOnly                    // the server rolled the work back (1402/1613/1614); XA ROLLBACK ends it
+	statePrepared                        // after XA PREPARE
+	statePrepareLost                     // XA PREPARE sent, connection broke: maybe prepared
+	stateOnePhaseLost                    // XA COMMIT ONE PHASE sent, connection broke: outcome unknown
+	stateCommitted
+	stateRolledBack
 )
 
 func (s branchState) String() string {
 	switch s {
-	case stActive:
+	case stateActive:
 		return "active"
-	case stRollbackOnly:
+	case stateRollbackOnly:
 		return "rollback-only"
-	case stPrepared:
+	case statePrepared:
 		return "prepared"
-	case stPrepareLost:
+	case statePrepareLost:
 		return "prepare outcome unknown"
-	case stOnePhaseLost:
+	case stateOnePhaseLost:
 		return "one-phase commit outcome unknown"
-	case stCommitted:
+	case stateCommitted:
 		return "committed"
-	case stRolledBack:
+	case stateRolledBack:
 		return "rolled back"
 	}
 	return "invalid"
@@ -178,7 +178,7 @@ func (b *Branch) workConn() (*sql.Conn, error) {
 	switch {
 	case b.closed:
 		return nil, fmt.Errorf("threepc/mysql: branch %s is closed", b.xid)
-	case b.state != stActive:
+	case b.state != stateActive:
 		return nil, fmt.Errorf("threepc/mysql: branch %s is %s, not active", b.xid, b.state)
 	}
 	return b.conn, nil
@@ -225,12 +225,13 @@ func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 }
 
 // QueryRowContext runs a query that returns at most one row inside the
-// branch. On a branch that is no longer active the query runs on the
-// finished connection and fails (sql.ErrConnDone or XAER_RMFAIL).
+// branch. On a branch that is no longer active the query is not run: Row.Scan
+// and Row.Err return the error ExecContext would.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	b.mu.Lock()
-	c := b.conn
-	b.mu.Unlock()
+	c, err := b.workConn()
+	if err != nil {
+		return sqlerr.Row(err)
+	}
 	b.running.Add(1)
 	row := c.QueryRowContext(ctx, query, args...)
 	b.running.Add(-1)
@@ -335,7 +336,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		return 0, err
 	}
 	if b.failed != nil {
-		return 0, fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+		return 0, fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, withStatus(b.failed))
 	}
 	wrote, err := b.written(ctx)
 	if err != nil {
@@ -348,7 +349,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
 			return 0, b.onePhaseFailed(what, err, true)
 		}
-		b.state = stCommitted
+		b.state = stateCommitted
 		b.readOnly = true
 		b.release()
 		return resource.VoteReadOnly, nil
@@ -357,27 +358,27 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 	// connection allows it.
 	if err := b.batch(ctx, evidenceSQL(b.xid), "XA END "+b.lit, "XA PREPARE "+b.lit); err != nil {
 		switch {
-		case isConnErr(err) || isCtxErr(err):
-			b.state = stPrepareLost
+		case isConnError(err) || isCtxError(err):
+			b.state = statePrepareLost
 			b.drop()
 			return 0, wrapConn(what+" (the branch may be prepared: roll it back)", err)
 		case mysqlErrno(err) == erDupEntry:
-			b.state = stRollbackOnly
+			b.state = stateRollbackOnly
 			return 0, wrap(what+": the branch's evidence row exists already (its id was used before)", resource.ErrPrepareRefused, err)
 		case mysqlErrno(err) == erNoSuchTable || mysqlErrno(err) == erBadField:
-			b.state = stRollbackOnly
-			return 0, fmt.Errorf("%w: %w", resource.ErrPrepareRefused, b.r.markerErr(what+": inserting the evidence row", err))
+			b.state = stateRollbackOnly
+			return 0, fmt.Errorf("%w: %w", resource.ErrPrepareRefused, b.r.markerError(what+": inserting the evidence row", err))
 		}
 		// An error reply means XA PREPARE did not happen: the branch is
 		// ACTIVE (the INSERT failed), IDLE or rollback-only (XA END or XA
 		// PREPARE refused, 1402/1613/1614), all of which Rollback ends.
-		b.state = stRollbackOnly
+		b.state = stateRollbackOnly
 		return 0, wrap(what, resource.ErrPrepareRefused, err)
 	}
 	// The branch stays attached to its session and is finished there (on
 	// MySQL with xa_detach_on_prepare=ON the server has detached it, and
 	// Commit finishes it by id on the same connection).
-	b.state = stPrepared
+	b.state = statePrepared
 	return resource.VotePrepared, nil
 }
 
@@ -385,7 +386,7 @@ func (b *Branch) checkActive(what string) error {
 	switch {
 	case b.closed:
 		return fmt.Errorf("threepc/mysql: %s: branch is closed", what)
-	case b.state != stActive:
+	case b.state != stateActive:
 		return fmt.Errorf("threepc/mysql: %s: branch is %s, not active", what, b.state)
 	}
 	return nil
@@ -394,9 +395,9 @@ func (b *Branch) checkActive(what string) error {
 // workFailed handles a failure of the driver's own query while the branch
 // is still active.
 func (b *Branch) workFailed(what string, err error) error {
-	if isConnErr(err) || isCtxErr(err) {
+	if isConnError(err) || isCtxError(err) {
 		// An unprepared XA dies with its session.
-		b.state = stRolledBack
+		b.state = stateRolledBack
 		b.drop()
 	}
 	return wrapConn(what, err)
@@ -406,33 +407,33 @@ func (b *Branch) workFailed(what string, err error) error {
 func (b *Branch) endFailed(what string, err error) error {
 	switch {
 	case isRollbackOnly(err):
-		b.state = stRollbackOnly
+		b.state = stateRollbackOnly
 		return wrap(what, resource.ErrPrepareRefused, err)
-	case isConnErr(err) || isCtxErr(err):
+	case isConnError(err) || isCtxError(err):
 		return b.workFailed(what, err)
 	}
-	b.state = stRollbackOnly
+	b.state = stateRollbackOnly
 	return wrap(what, resource.ErrPrepareRefused, err)
 }
 
 // onePhaseFailed handles an error of XA COMMIT ... ONE PHASE.
 func (b *Branch) onePhaseFailed(what string, err error, readOnly bool) error {
 	switch {
-	case isConnErr(err) || isCtxErr(err):
+	case isConnError(err) || isCtxError(err):
 		if readOnly {
 			// Committed or rolled back, a branch without writes has the
 			// same outcome either way.
-			b.state = stRolledBack
+			b.state = stateRolledBack
 		} else {
-			b.state = stOnePhaseLost
+			b.state = stateOnePhaseLost
 		}
 		b.drop()
 		return wrapConn(what, err)
 	case isRollbackOnly(err):
-		b.state = stRollbackOnly
+		b.state = stateRollbackOnly
 		return wrap(what, resource.ErrPrepareRefused, err)
 	}
-	b.state = stRollbackOnly
+	b.state = stateRollbackOnly
 	return wrap(what, resource.ErrPrepareRefused, err)
 }
 
@@ -447,7 +448,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		return err
 	}
 	if b.failed != nil {
-		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, b.failed)
+		return fmt.Errorf("threepc/mysql: %s: %w: a statement of the branch failed: %w", what, resource.ErrPrepareRefused, withStatus(b.failed))
 	}
 	if err := b.exec(ctx, "XA END"); err != nil {
 		return b.endFailed(what, err)
@@ -455,7 +456,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 	if _, err := b.conn.ExecContext(ctx, "XA COMMIT "+b.lit+" ONE PHASE"); err != nil {
 		return b.onePhaseFailed(what, err, false)
 	}
-	b.state = stCommitted
+	b.state = stateCommitted
 	b.release()
 	return nil
 }
@@ -467,10 +468,10 @@ func (b *Branch) Commit(ctx context.Context) error {
 	defer b.mu.Unlock()
 	what := "commit of " + b.xid.String()
 	switch b.state {
-	case stCommitted:
+	case stateCommitted:
 		return nil
-	case stPrepared, stPrepareLost:
-	case stOnePhaseLost:
+	case statePrepared, statePrepareLost:
+	case stateOnePhaseLost:
 		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)
 	default:
 		return fmt.Errorf("threepc/mysql: %s: branch is %s, not prepared", what, b.state)
@@ -496,7 +497,7 @@ func (b *Branch) finishPrepared(ctx context.Context, what string, commit bool) e
 		if err == nil {
 			b.release()
 			if !commit {
-				b.state = stRolledBack
+				b.state = stateRolledBack
 				return nil
 			}
 			if b.r.System() != "mariadb" {
@@ -506,14 +507,14 @@ func (b *Branch) finishPrepared(ctx context.Context, what string, commit bool) e
 					return err
 				}
 			}
-			b.state = stCommitted
+			b.state = stateCommitted
 			return nil
 		}
 		switch {
-		case isCtxErr(err):
+		case isCtxError(err):
 			b.drop()
 			return wrapConn(what, err)
-		case isConnErr(err):
+		case isConnError(err):
 			// The session is gone: finish by id below.
 			b.drop()
 		case mysqlErrno(err) == erXAERNota || mysqlErrno(err) == erXARBRollback:
@@ -534,9 +535,9 @@ func (b *Branch) finishPrepared(ctx context.Context, what string, commit bool) e
 	err := b.r.finishByID(ctx, b.xid, commit)
 	if err == nil {
 		if commit {
-			b.state = stCommitted
+			b.state = stateCommitted
 		} else {
-			b.state = stRolledBack
+			b.state = stateRolledBack
 		}
 	}
 	return err
@@ -561,16 +562,16 @@ func (b *Branch) Rollback(ctx context.Context) error {
 	defer b.mu.Unlock()
 	what := "rollback of " + b.xid.String()
 	switch b.state {
-	case stRolledBack:
+	case stateRolledBack:
 		return nil
-	case stCommitted:
+	case stateCommitted:
 		if b.readOnly {
 			return nil
 		}
 		return fmt.Errorf("threepc/mysql: %s: the branch is already committed", what)
-	case stOnePhaseLost:
+	case stateOnePhaseLost:
 		return fmt.Errorf("threepc/mysql: %s: %w: the connection broke during the one-phase commit; its outcome is unknown", what, resource.ErrUnknownBranch)
-	case stActive, stRollbackOnly:
+	case stateActive, stateRollbackOnly:
 		if b.live && !b.killed {
 			// XA ROLLBACK of an ACTIVE branch fails with 1399: end it
 			// first. A rollback-only branch may still be ACTIVE (a failed
@@ -579,14 +580,14 @@ func (b *Branch) Rollback(ctx context.Context) error {
 			// still leaves the branch for XA ROLLBACK.
 			_ = b.exec(ctx, "XA END")
 			if err := b.exec(ctx, "XA ROLLBACK"); err == nil {
-				b.state = stRolledBack
+				b.state = stateRolledBack
 				b.release()
 				return nil
 			}
 		}
 		// Whatever went wrong, an unprepared XA cannot outlive its
 		// session: closing the connection rolls it back.
-		b.state = stRolledBack
+		b.state = stateRolledBack
 		b.drop()
 		return nil
 	}
@@ -599,7 +600,7 @@ func (b *Branch) Rollback(ctx context.Context) error {
 // not wait for the statement.
 func (b *Branch) killRunning(ctx context.Context) {
 	b.mu.Lock()
-	active := b.state == stActive && b.live && b.threadID != 0 && !b.killed
+	active := b.state == stateActive && b.live && b.threadID != 0 && !b.killed
 	if active {
 		b.killed = true
 	}
@@ -621,7 +622,7 @@ func (b *Branch) Close() error {
 		return nil
 	}
 	b.closed = true
-	if b.live && (b.state == stCommitted || b.state == stRolledBack) && !b.killed {
+	if b.live && (b.state == stateCommitted || b.state == stateRolledBack) && !b.killed {
 		b.release()
 		return nil
 	}

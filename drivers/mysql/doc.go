@@ -99,7 +99,9 @@
 // ErrBranchExists; 1062 on the marker table -> ErrMarkerExists; 1146 ->
 // ErrMarkerTableMissing; broken connections (driver.ErrBadConn,
 // mysql.ErrInvalidConn, io.EOF, network errors, 1053, 1927, 2006, 2013) ->
-// ErrUnreachable.
+// ErrUnreachable. An error that carries a server answer also has its
+// error number as a string ("1062") through a DBStatusCode method
+// (tracing.StatusCoder), for the db.response.status_code attribute.
 //
 // A by-id finish that finds the branch unlisted resolves it through the
 // evidence row: a commit is nil if the row is there and wraps

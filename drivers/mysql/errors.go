@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"syscall"
 
 	mysqldriver "github.com/go-sql-driver/mysql"
@@ -48,6 +49,39 @@ func mysqlErrno(err error) uint16 {
 	return 0
 }
 
+// serverError carries the error number of the *mysql.MySQLError in its
+// chain as tracing's status code (tracing.StatusCoder), which
+// go-sql-driver's error type exposes as a field only. Its message is the
+// wrapped error's. Unwrap returns the one wrapped error in a slice, as
+// errors.Join does: errors.Is and errors.As see through it either way,
+// and tracing.ErrorTypeOf, which names the first error that is not a mere
+// wrapper, still names the server's error rather than this one.
+type serverError struct {
+	err    error
+	number uint16
+}
+
+func (e *serverError) Error() string   { return e.err.Error() }
+func (e *serverError) Unwrap() []error { return []error{e.err} }
+
+// DBStatusCode is the MySQL error number, e.g. "1062"
+// (db.response.status_code).
+func (e *serverError) DBStatusCode() string { return strconv.Itoa(int(e.number)) }
+
+// withStatus wraps err in a serverError when its chain holds a server
+// error and no status code yet; other errors are returned as they are.
+func withStatus(err error) error {
+	n := mysqlErrno(err)
+	if n == 0 {
+		return err
+	}
+	var se *serverError
+	if errors.As(err, &se) {
+		return err
+	}
+	return &serverError{err: err, number: n}
+}
+
 // rejected reports whether err is the server turning a connection down
 // (resource.ErrConnectionRejected): wrong user or password, no access to
 // the database, an unknown database, or a DSN parameter that go-sql-driver
@@ -62,9 +96,9 @@ func rejected(err error) bool {
 	return false
 }
 
-// isConnErr reports whether err means the connection or server failed, so
+// isConnError reports whether err means the connection or server failed, so
 // that the outcome of the statement in flight is unknown.
-func isConnErr(err error) bool {
+func isConnError(err error) bool {
 	if err == nil {
 		return false
 	}
@@ -82,17 +116,18 @@ func isConnErr(err error) bool {
 	return errors.As(err, &ne)
 }
 
-// isCtxErr reports whether err is the cancellation or deadline of a
+// isCtxError reports whether err is the cancellation or deadline of a
 // context. go-sql-driver closes the connection when a statement's context
 // ends, so the statement's outcome is then unknown too.
-func isCtxErr(err error) bool {
+func isCtxError(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // wrap returns err with the package prefix, what was being done, and the
 // sentinel (if any) that the error maps to. The original error stays in
-// the chain.
+// the chain, with its error number as the status code (serverError).
 func wrap(what string, sentinel, err error) error {
+	err = withStatus(err)
 	if sentinel == nil {
 		return fmt.Errorf("threepc/mysql: %s: %w", what, err)
 	}
@@ -105,7 +140,7 @@ func wrapConn(what string, err error) error {
 	if rejected(err) {
 		return wrap(what, resource.ErrConnectionRejected, err)
 	}
-	if isConnErr(err) {
+	if isConnError(err) {
 		return wrap(what, resource.ErrUnreachable, err)
 	}
 	return wrap(what, nil, err)
@@ -133,7 +168,7 @@ func heuristic(what string, byIDOK bool, cause error) error {
 			"(MariaDB's hand-over race leaves the branch prepared but unlisted until a restart): restart the MariaDB server, then run recovery"
 	}
 	if cause != nil {
-		return fmt.Errorf("threepc/mysql: %s: %w: %s: %w", what, resource.ErrHeuristic, msg, cause)
+		return fmt.Errorf("threepc/mysql: %s: %w: %s: %w", what, resource.ErrHeuristic, msg, withStatus(cause))
 	}
 	return fmt.Errorf("threepc/mysql: %s: %w: %s", what, resource.ErrHeuristic, msg)
 }

@@ -273,7 +273,7 @@ func (r *Resource) awaitEngine(ctx context.Context, s uint64) error {
 			if n := mysqlErrno(err); n == erAccessDenied || n == erDBAccessDenied {
 				return wrap(what+": reading information_schema.INNODB_TRX needs the PROCESS privilege; run: GRANT PROCESS ON *.* TO '<user>'@'<host>'", resource.ErrMissingPrivilege, err)
 			}
-			if isCtxErr(err) && ctx.Err() != nil {
+			if isCtxError(err) && ctx.Err() != nil {
 				return fmt.Errorf("%w: %s: %w", resource.ErrBranchBusy, what, err)
 			}
 			return r.unreachable(what, err)

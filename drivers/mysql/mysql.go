@@ -336,7 +336,7 @@ func (r *Resource) serverInfo(ctx context.Context) (serverVersion, string, error
 // unreachable wraps err, naming the server's address when err is a
 // connection failure.
 func (r *Resource) unreachable(what string, err error) error {
-	if isConnErr(err) && r.cfg.Address != "" {
+	if isConnError(err) && r.cfg.Address != "" {
 		return wrap(what+" on "+r.cfg.Address, resource.ErrUnreachable, err)
 	}
 	return wrapConn(what, err)
@@ -394,20 +394,9 @@ func (r *Resource) Check(ctx context.Context) error {
 	var one int
 	err = r.db.QueryRowContext(ctx, "SELECT 1 FROM "+resource.MarkerTable+" WHERE branch = '' AND space = '' LIMIT 1").Scan(&one)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return r.markerErr("checking the marker table", err)
+		return r.markerError("checking the marker table", err)
 	}
 	return nil
-}
-
-// markerErr maps errors of statements on the marker table.
-func (r *Resource) markerErr(what string, err error) error {
-	switch mysqlErrno(err) {
-	case erNoSuchTable:
-		return wrap(what+": table "+resource.MarkerTable+" does not exist; run the threepc migrations (package migrations, DialectMySQL, or `threepc migrate`)", resource.ErrMarkerTableMissing, err)
-	case erBadField:
-		return wrap(what+": table "+resource.MarkerTable+" predates migration 2 (no branch and space columns for evidence rows and namespaces); run the threepc migrations (package migrations, DialectMySQL, or `threepc migrate`)", resource.ErrMarkerTableMissing, err)
-	}
-	return r.unreachable(what, err)
 }
 
 // xidLiteral returns the XA id as SQL: X'gtrid',X'bqual',formatID.
@@ -484,11 +473,40 @@ type listedXID struct {
 	dbTag string
 }
 
-// recover runs plain XA RECOVER, whose data column is the raw bytes of
-// gtrid followed by bqual (XA RECOVER CONVERT XID would hex-encode them
-// into SQL that has to be parsed again), and returns every threepc XID of
-// the server, whatever its database.
+// recover returns every threepc XID that XA RECOVER lists, whatever its
+// database.
 func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
+	all, err := r.xaRecover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []listedXID
+	for _, e := range all {
+		if e.ours {
+			out = append(out, listedXID{xid: e.xid, dbTag: e.dbTag})
+		}
+	}
+	return out, nil
+}
+
+// xaEntry is one row of XA RECOVER.
+type xaEntry struct {
+	formatID     int64
+	gtrid, bqual string
+	// data is the row's data column, when its lengths do not match it
+	// (gtrid and bqual are then empty).
+	data  []byte
+	valid bool // the lengths match the data
+	ours  bool // a threepc id: xid and dbTag are set
+	xid   resource.XID
+	dbTag string
+}
+
+// xaRecover runs plain XA RECOVER, whose data column is the raw bytes of
+// gtrid followed by bqual (XA RECOVER CONVERT XID would hex-encode them
+// into SQL that has to be parsed again), and returns every row: the
+// server's prepared XA transactions, whatever their database and writer.
+func (r *Resource) xaRecover(ctx context.Context) ([]xaEntry, error) {
 	rows, err := r.db.QueryContext(ctx, "XA RECOVER")
 	if err != nil {
 		if mysqlErrno(err) == erAccessDenied {
@@ -497,20 +515,23 @@ func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
 		return nil, r.unreachable("XA RECOVER", err)
 	}
 	defer rows.Close()
-	var out []listedXID
+	var out []xaEntry
 	for rows.Next() {
 		var formatID, gtridLen, bqualLen int64
 		var data []byte
 		if err := rows.Scan(&formatID, &gtridLen, &bqualLen, &data); err != nil {
 			return nil, wrap("XA RECOVER", nil, err)
 		}
+		e := xaEntry{formatID: formatID}
 		if gtridLen < 0 || bqualLen < 0 || gtridLen+bqualLen != int64(len(data)) {
+			e.data = data
+			out = append(out, e)
 			continue
 		}
-		x, tag, ok := resource.ParseMySQL(int(formatID), string(data[:gtridLen]), string(data[gtridLen:]))
-		if ok {
-			out = append(out, listedXID{xid: x, dbTag: tag})
-		}
+		e.valid = true
+		e.gtrid, e.bqual = string(data[:gtridLen]), string(data[gtridLen:])
+		e.xid, e.dbTag, e.ours = resource.ParseMySQL(int(formatID), e.gtrid, e.bqual)
+		out = append(out, e)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, r.unreachable("XA RECOVER", err)
@@ -518,201 +539,37 @@ func (r *Resource) recover(ctx context.Context) ([]listedXID, error) {
 	return out, nil
 }
 
-// Committed reports whether the evidence row of the branch is visible: a
-// plain (non-locking) read, which a prepared branch's lock on the row
-// does not block.
-func (r *Resource) Committed(ctx context.Context, xid resource.XID) (bool, error) {
-	if err := r.checkXID(xid); err != nil {
-		return false, err
-	}
-	var sb strings.Builder
-	sb.WriteString("SELECT COUNT(*) FROM " + resource.MarkerTable + " WHERE gtid = ")
-	hexLit(&sb, xid.GTID)
-	sb.WriteString(" AND branch = ")
-	hexLit(&sb, xid.Branch)
-	var n int
-	if err := r.db.QueryRowContext(ctx, sb.String()).Scan(&n); err != nil {
-		return false, r.markerErr("reading the evidence of "+xid.String(), err)
-	}
-	return n > 0, nil
-}
+var _ resource.ServerPreparedLister = (*Resource)(nil)
 
-// InsertMarker inserts a marker row; a row for the gtid already there
-// fails with resource.ErrMarkerExists (1062 on the primary key).
-func (r *Resource) InsertMarker(ctx context.Context, m resource.Marker) error {
-	if err := m.Validate(); err != nil {
-		return fmt.Errorf("threepc/mysql: %w", err)
-	}
-	_, err := r.db.ExecContext(ctx, insertMarkerSQL(m))
-	if err == nil {
-		return nil
-	}
-	if mysqlErrno(err) == erDupEntry {
-		return wrap("marker of "+m.GTID, resource.ErrMarkerExists, err)
-	}
-	return r.markerErr("inserting the marker of "+m.GTID, err)
-}
-
-// markerColumns are read by scanMarker. created_at is read as
-// microseconds since the epoch, which does not depend on the session's
-// time_zone nor on the driver's parseTime setting; the age is measured by
-// the database's clock.
-const markerColumns = "gtid, state, primary_name, participants, owner, space, CAST(UNIX_TIMESTAMP(created_at) * 1000000 AS SIGNED), TIMESTAMPDIFF(MICROSECOND, created_at, NOW(6))"
-
-func scanMarker(s interface{ Scan(...any) error }) (resource.Marker, error) {
-	var (
-		m            resource.Marker
-		state, parts string
-		micros, age  int64
-	)
-	if err := s.Scan(&m.GTID, &state, &m.Primary, &parts, &m.Owner, &m.Space, &micros, &age); err != nil {
-		return resource.Marker{}, err
-	}
-	m.State = resource.MarkerState(state)
-	m.Participants = resource.SplitParticipants(parts)
-	m.CreatedAt = time.UnixMicro(micros)
-	m.Age = time.Duration(age) * time.Microsecond
-	return m, nil
-}
-
-// ReadMarker reads the marker row of gtid (not its evidence rows), or
-// fails with resource.ErrNoMarker.
-func (r *Resource) ReadMarker(ctx context.Context, gtid string) (resource.Marker, error) {
-	if err := resource.ValidateGTID(gtid); err != nil {
-		return resource.Marker{}, fmt.Errorf("threepc/mysql: %w", err)
-	}
-	// A literal (validated above) instead of a bind parameter saves the
-	// server-side prepare round trip.
-	m, err := scanMarker(r.db.QueryRowContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE gtid = '"+gtid+"' AND branch = ''"))
-	if errors.Is(err, sql.ErrNoRows) {
-		return resource.Marker{}, fmt.Errorf("threepc/mysql: marker of %s: %w", gtid, resource.ErrNoMarker)
-	}
+// ListServerPrepared lists every prepared XA transaction of the server
+// (XA RECOVER), threepc's and other software's, of every database. A
+// threepc branch's database is known by the database tag in its id; other
+// software's XA transactions have no database (SameDatabase false). XA
+// RECOVER gives no time: PreparedAt is always zero, and XID.Time is the
+// age of a threepc branch. A row whose lengths do not match its data is
+// listed with the raw data as its ID (X'data') and is never taken for
+// threepc's.
+func (r *Resource) ListServerPrepared(ctx context.Context) ([]resource.ServerPrepared, error) {
+	_, tag, err := r.serverInfo(ctx)
 	if err != nil {
-		return resource.Marker{}, r.markerErr("reading the marker of "+gtid, err)
+		return nil, err
 	}
-	return m, nil
-}
-
-// ListMarkers lists every marker row (not the evidence rows), ordered by
-// gtid (so by age).
-func (r *Resource) ListMarkers(ctx context.Context) ([]resource.Marker, error) {
-	rows, err := r.db.QueryContext(ctx, "SELECT "+markerColumns+" FROM "+resource.MarkerTable+" WHERE branch = '' ORDER BY gtid")
+	all, err := r.xaRecover(ctx)
 	if err != nil {
-		return nil, r.markerErr("listing markers", err)
+		return nil, err
 	}
-	defer rows.Close()
-	var out []resource.Marker
-	for rows.Next() {
-		m, err := scanMarker(rows)
-		if err != nil {
-			return nil, r.markerErr("listing markers", err)
+	out := make([]resource.ServerPrepared, 0, len(all))
+	for _, e := range all {
+		p := resource.ServerPrepared{ID: fmt.Sprintf("X'%x'", e.data)}
+		if e.valid {
+			p.ID = fmt.Sprintf("X'%x',X'%x',%d", e.gtrid, e.bqual, e.formatID)
 		}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, r.markerErr("listing markers", err)
+		if e.ours {
+			p.Ours, p.XID, p.SameDatabase = true, e.xid, e.dbTag == tag
+		}
+		out = append(out, p)
 	}
 	return out, nil
-}
-
-// deleteBatch bounds the literals of one statement.
-const deleteBatch = 500
-
-// gtidBatches validates gtids and calls f with each batch written as a
-// list of literals: one round trip per batch instead of a server-side
-// prepare and execute. ValidateGTID restricts gtids to Crockford base32.
-func gtidBatches(gtids []string, f func(list string) error) error {
-	for _, g := range gtids {
-		if err := resource.ValidateGTID(g); err != nil {
-			return fmt.Errorf("threepc/mysql: %w", err)
-		}
-	}
-	for len(gtids) > 0 {
-		n := min(len(gtids), deleteBatch)
-		var q strings.Builder
-		q.Grow(n * (resource.GTIDLen + 4))
-		for i, g := range gtids[:n] {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			q.WriteString("'" + g + "'")
-		}
-		if err := f(q.String()); err != nil {
-			return err
-		}
-		gtids = gtids[n:]
-	}
-	return nil
-}
-
-// Tombstone turns the precommit marker rows of gtids into committed
-// tombstones, one statement per batch.
-func (r *Resource) Tombstone(ctx context.Context, gtids ...string) error {
-	return gtidBatches(gtids, func(list string) error {
-		err := r.execReadCommitted(ctx, "UPDATE "+resource.MarkerTable+" SET state = '"+string(resource.StateCommitted)+
-			"' WHERE branch = '' AND state = '"+string(resource.StatePreCommit)+"' AND gtid IN ("+list+")")
-		if err != nil {
-			return r.markerErr("writing tombstones", err)
-		}
-		return nil
-	})
-}
-
-// DeleteMarkers deletes the rows of gtids (markers, tombstones and this
-// resource's evidence rows), one statement per batch; missing rows are
-// not an error.
-func (r *Resource) DeleteMarkers(ctx context.Context, gtids ...string) error {
-	return gtidBatches(gtids, func(list string) error {
-		// The full primary key of each row (marker row, this resource's
-		// evidence row), not a gtid prefix, and READ COMMITTED: see
-		// execReadCommitted.
-		if err := r.execReadCommitted(ctx, "DELETE FROM "+resource.MarkerTable+" WHERE gtid IN ("+list+") AND branch IN ('', '"+r.name+"')"); err != nil {
-			return r.markerErr("deleting markers", err)
-		}
-		return nil
-	})
-}
-
-// execReadCommitted runs a clean-up statement on the marker table at
-// READ COMMITTED. Under REPEATABLE READ, InnoDB takes next-key locks on
-// what such an UPDATE or DELETE scans, and it was seen (under load, on
-// MariaDB 10.11) to wait on the uncommitted evidence row of a prepared
-// branch while that branch's coordinator waited on the clean-up's gap
-// locks to insert its own marker row: a lock chain across the protocol
-// that only timeouts broke. READ COMMITTED takes no gap locks, and its
-// semi-consistent reads skip rows that other transactions hold and that
-// do not match. SET TRANSACTION applies to the next transaction only: the
-// statement itself. One round trip where the pool takes several
-// statements; otherwise two, on one connection, discarded if the second
-// did not run (it must not carry the setting to someone else's
-// transaction).
-func (r *Resource) execReadCommitted(ctx context.Context, stmt string) error {
-	const rc = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-	conn, err := r.db.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	if r.multi.Load() != multiOff {
-		_, err := conn.ExecContext(ctx, rc+"; "+stmt)
-		switch {
-		case err == nil:
-			r.multi.CompareAndSwap(multiUnknown, multiOn)
-			return conn.Close()
-		case mysqlErrno(err) != erParse || r.multi.Load() == multiOn:
-			discard(conn)
-			return err
-		}
-		r.multi.Store(multiOff)
-	}
-	if _, err := conn.ExecContext(ctx, rc); err != nil {
-		discard(conn)
-		return err
-	}
-	if _, err := conn.ExecContext(ctx, stmt); err != nil {
-		discard(conn)
-		return err
-	}
-	return conn.Close()
 }
 
 // discard closes conn instead of handing it back to the pool: returning

@@ -947,6 +947,76 @@ func TestRecoverFilters(t *testing.T) {
 	_ = otherDB
 }
 
+// TestListServerPrepared: ListServerPrepared lists every prepared XA
+// transaction of the server: this database's threepc branches, another
+// database's, and other software's, each as ours or not, with the
+// database known only from threepc's ids and no prepared time.
+func TestListServerPrepared(t *testing.T) {
+	r, db := newResource(t, "shop", Config{})
+	ctx := testCtx(t)
+	foreignGtrid := "lsp" + newGTID()
+	prepareRaw(t, db, fmt.Sprintf("'%s','other',7", foreignGtrid))
+	_, twinDB, _ := newDB(t, true)
+	twin, err := New(r.Name(), twinDB, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := mustBegin(t, twin, newXID(twin))
+	mustExec(t, tb, "INSERT INTO t VALUES (1, 1)")
+	if _, err := tb.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := mustBegin(t, r, newXID(r))
+	mustExec(t, b, "INSERT INTO t VALUES (1, 1)")
+	if _, err := b.Prepare(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, br := range []*Branch{b, tb} {
+			if err := br.Rollback(context.Background()); err != nil {
+				t.Errorf("rollback %s: %v", br.XID(), err)
+			}
+			br.Close()
+		}
+	})
+
+	got, err := r.ListServerPrepared(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]resource.ServerPrepared{}
+	for _, p := range got {
+		if !p.PreparedAt.IsZero() || p.Database != "" || p.Owner != "" {
+			t.Errorf("%+v: XA RECOVER gives no time, database nor owner", p)
+		}
+		byID[p.ID] = p
+	}
+	want := []resource.ServerPrepared{
+		{ID: b.lit, Ours: true, XID: b.XID(), SameDatabase: true},
+		{ID: tb.lit, Ours: true, XID: tb.XID()},
+		{ID: fmt.Sprintf("X'%x',X'%x',7", foreignGtrid, "other")},
+	}
+	for _, w := range want {
+		if p, ok := byID[w.ID]; !ok || p != w {
+			t.Errorf("ListServerPrepared: %s: got %+v (listed %v), want %+v; raw: %v", w.ID, p, ok, w, rawRecover(t, db))
+		}
+	}
+	// What Recover lists is there too, as ours and of this database.
+	rec, err := r.Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pb := range rec {
+		found := false
+		for _, p := range got {
+			found = found || p.Ours && p.SameDatabase && p.XID == pb.XID
+		}
+		if !found {
+			t.Errorf("Recover lists %s, ListServerPrepared does not", pb.XID)
+		}
+	}
+}
+
 // TestConcurrentBranches runs branches in parallel on a small pool and
 // checks that the pool never holds an XA-state connection afterwards.
 func TestConcurrentBranches(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	mysqldriver "github.com/go-sql-driver/mysql"
 
 	"github.com/threepc/threepc/resource"
+	"github.com/threepc/threepc/tracing"
 )
 
 func TestParseVersion(t *testing.T) {
@@ -157,16 +158,16 @@ func TestXIDLiteral(t *testing.T) {
 func TestErrorClasses(t *testing.T) {
 	my := func(n uint16) error { return fmt.Errorf("ctx: %w", &mysqldriver.MySQLError{Number: n}) }
 	for _, err := range []error{io.EOF, mysqldriver.ErrInvalidConn, &net.OpError{Op: "dial", Err: errors.New("refused")}, my(2006), my(2013), my(1927), my(1053)} {
-		if !isConnErr(err) {
-			t.Errorf("isConnErr(%v) = false", err)
+		if !isConnError(err) {
+			t.Errorf("isConnError(%v) = false", err)
 		}
 		if w := wrapConn("x", err); !errors.Is(w, resource.ErrUnreachable) || !errors.Is(w, err) {
 			t.Errorf("wrapConn(%v) = %v", err, w)
 		}
 	}
 	for _, err := range []error{my(1062), my(1397), errors.New("other"), nil} {
-		if isConnErr(err) {
-			t.Errorf("isConnErr(%v) = true", err)
+		if isConnError(err) {
+			t.Errorf("isConnError(%v) = true", err)
 		}
 	}
 	for _, n := range []uint16{1402, 1613, 1614} {
@@ -176,6 +177,51 @@ func TestErrorClasses(t *testing.T) {
 	}
 	if isRollbackOnly(my(1397)) {
 		t.Error("1397 is not rollback-only")
+	}
+}
+
+// The driver's errors carry the MySQL error number as tracing's
+// db.response.status_code, and tracing still names the server's error as
+// their error.type.
+func TestErrorStatusCode(t *testing.T) {
+	server := &mysqldriver.MySQLError{Number: 1062, Message: "Duplicate entry"}
+	for _, err := range []error{
+		wrap("insert", resource.ErrMarkerExists, server),
+		wrap("insert", nil, fmt.Errorf("ctx: %w", server)),
+		wrapConn("x", &mysqldriver.MySQLError{Number: 1062}),
+		fmt.Errorf("outer: %w", wrap("inner", nil, wrap("innermost", nil, server))),
+		heuristic("commit", false, server),
+	} {
+		var sc tracing.StatusCoder
+		if !errors.As(err, &sc) {
+			t.Errorf("%v: no tracing.StatusCoder in the chain", err)
+			continue
+		}
+		if got := sc.DBStatusCode(); got != "1062" {
+			t.Errorf("%v: DBStatusCode() = %q, want \"1062\"", err, got)
+		}
+		if got := tracing.StatusCodeOf(err); got != "1062" {
+			t.Errorf("%v: tracing.StatusCodeOf = %q, want \"1062\"", err, got)
+		}
+		var me *mysqldriver.MySQLError
+		if !errors.As(err, &me) || me.Number != 1062 {
+			t.Errorf("%v: the *mysql.MySQLError is not in the chain any more", err)
+		}
+	}
+	// No sentinel: error.type is the server's error type, as before the
+	// status code was added.
+	if got, want := tracing.ErrorTypeOf(wrap("x", nil, server)), "*mysql.MySQLError"; got != want {
+		t.Errorf("ErrorTypeOf = %q, want %q", got, want)
+	}
+	// The message is unchanged.
+	if got, want := wrap("insert", nil, server).Error(), "threepc/mysql: insert: "+server.Error(); got != want {
+		t.Errorf("message %q, want %q", got, want)
+	}
+	// Errors without a server answer carry no status code.
+	for _, err := range []error{wrapConn("x", io.EOF), wrap("x", nil, errors.New("other")), heuristic("commit", true, nil)} {
+		if got := tracing.StatusCodeOf(err); got != "" {
+			t.Errorf("%v: status code %q, want none", err, got)
+		}
 	}
 }
 

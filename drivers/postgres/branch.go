@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 
+	"github.com/threepc/threepc/internal/sqlerr"
 	"github.com/threepc/threepc/resource"
 )
 
@@ -21,12 +22,12 @@ import (
 const (
 	stateActive   int32 = iota // in the transaction, taking statements
 	statePrepared              // PREPARE TRANSACTION succeeded
-	// stateUnknown: the connection broke while PREPARE TRANSACTION was in
+	// statePrepareLost: the connection broke while PREPARE TRANSACTION was in
 	// flight, so the branch may or may not be prepared.
-	stateUnknown
-	// stateCommitUnknown: the connection broke while a one-phase COMMIT was
+	statePrepareLost
+	// stateOnePhaseLost: the connection broke while a one-phase COMMIT was
 	// in flight; nobody can roll the branch back any more.
-	stateCommitUnknown
+	stateOnePhaseLost
 	stateFinished // committed or rolled back
 )
 
@@ -156,9 +157,9 @@ func (b *Branch) QueryContext(ctx context.Context, query string, args ...any) (*
 // branch.
 func (b *Branch) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
 	if !b.active() {
-		// *sql.Row cannot be built with an error; a pool that never
-		// connects delivers errBranchNotActive through Row.Scan.
-		return notActiveDB.QueryRowContext(ctx, query, args...)
+		// Row.Scan and Row.Err return errBranchNotActive, as ExecContext
+		// does; the query is not run.
+		return sqlerr.Row(errBranchNotActive)
 	}
 	b.inflight.Add(1)
 	defer b.inflight.Add(-1)
@@ -254,7 +255,7 @@ func (b *Branch) Prepare(ctx context.Context) (resource.Vote, error) {
 		b.state.Store(stateFinished)
 		return 0, fmt.Errorf("threepc/postgres: %s: %w: PREPARE TRANSACTION answered %q: the transaction was rolled back", what, resource.ErrPrepareRefused, tag.String())
 	case connClosed || !refusal(execErr):
-		b.state.Store(stateUnknown)
+		b.state.Store(statePrepareLost)
 		return 0, mapError(opPrepare, what+" (outcome unknown)", execErr)
 	case len(tags) < 2:
 		// The server refused the evidence row (or the SET before it) and
@@ -312,12 +313,12 @@ func (b *Branch) Commit(ctx context.Context) error {
 	defer b.mu.Unlock()
 	state := b.state.Load()
 	switch state {
-	case statePrepared, stateUnknown:
+	case statePrepared, statePrepareLost:
 	default:
 		return fmt.Errorf("threepc/postgres: commit %s: the branch is not prepared", b.xid)
 	}
 	err := b.finishPrepared(ctx, "COMMIT PREPARED")
-	if errors.Is(err, resource.ErrUnknownBranch) && state == stateUnknown {
+	if errors.Is(err, resource.ErrUnknownBranch) && state == statePrepareLost {
 		// The session that ran PREPARE may still be running it: only once
 		// it has exited is "no such gid" final.
 		if werr := b.waitBackendGone(ctx); werr != nil {
@@ -397,7 +398,7 @@ func (b *Branch) CommitOnePhase(ctx context.Context) error {
 		b.state.Store(stateFinished)
 		return fmt.Errorf("threepc/postgres: %s: %w: COMMIT answered %q: the transaction had failed and was rolled back", what, resource.ErrPrepareRefused, tag.String())
 	case closed || !refusal(execErr):
-		b.state.Store(stateCommitUnknown)
+		b.state.Store(stateOnePhaseLost)
 		return mapError(opOther, what+" (outcome unknown)", execErr)
 	default:
 		if status != 'I' {
@@ -427,7 +428,7 @@ func (b *Branch) Rollback(ctx context.Context) error {
 	switch b.state.Load() {
 	case stateFinished:
 		return nil
-	case stateCommitUnknown:
+	case stateOnePhaseLost:
 		return fmt.Errorf("threepc/postgres: rollback %s: %w: the connection broke during a one-phase COMMIT, whose outcome is unknown", b.xid, resource.ErrUnreachable)
 	case stateActive:
 		if b.closed.Load() {
@@ -445,7 +446,7 @@ func (b *Branch) Rollback(ctx context.Context) error {
 		}
 		return err
 	}
-	// stateUnknown: PREPARE may have completed or not.
+	// statePrepareLost: PREPARE may have completed or not.
 	err := b.finishPrepared(ctx, "ROLLBACK PREPARED")
 	if !errors.Is(err, resource.ErrUnknownBranch) {
 		if err == nil {
@@ -521,18 +522,3 @@ func (b *Branch) Close() error {
 	}
 	return nil
 }
-
-// notActiveDB is a pool that never connects; see QueryRowContext.
-var notActiveDB = sql.OpenDB(refusingConnector{})
-
-type refusingConnector struct{}
-
-func (refusingConnector) Connect(context.Context) (driver.Conn, error) {
-	return nil, errBranchNotActive
-}
-
-func (refusingConnector) Driver() driver.Driver { return refusingDriver{} }
-
-type refusingDriver struct{}
-
-func (refusingDriver) Open(string) (driver.Conn, error) { return nil, errBranchNotActive }

@@ -263,7 +263,7 @@ func (b *Branch) CommitWithMarker(ctx context.Context, m resource.Marker) error 
 	case closed || !refusal(failure):
 		// Sent, and the session broke (or the context ended) before the
 		// answer: the commit may have happened.
-		b.state.Store(stateCommitUnknown)
+		b.state.Store(stateOnePhaseLost)
 		return mapError(opMarker, what+" (outcome unknown)", failure)
 	}
 	// The server refused the INSERT (and skipped the COMMIT) or the

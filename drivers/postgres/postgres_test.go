@@ -97,7 +97,7 @@ func newXID(r *Resource) resource.XID {
 	return resource.XID{GTID: ulid.Make().String(), Primary: r.Name(), Branch: r.Name(), Space: resource.SpaceTag("")}
 }
 
-func begin(t *testing.T, r *Resource, xid resource.XID) *Branch {
+func mustBegin(t *testing.T, r *Resource, xid resource.XID) *Branch {
 	t.Helper()
 	b, err := r.Begin(testCtx(t), xid)
 	if err != nil {
@@ -192,7 +192,7 @@ func TestPrepareFailedTransactionRefused(t *testing.T) {
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	if _, err := b.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestPrepareCommitAndConnectionReuse(t *testing.T) {
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	var pid int
 	if err := b.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 		t.Fatal(err)
@@ -275,7 +275,7 @@ func TestCloseDiscardsConnectionInTransaction(t *testing.T) {
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
 	for _, failed := range []bool{false, true} {
-		b := begin(t, r, newXID(r))
+		b := mustBegin(t, r, newXID(r))
 		var pid int
 		if err := b.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
 			t.Fatal(err)
@@ -344,14 +344,14 @@ func TestDuplicateGID(t *testing.T) {
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
 	xid := newXID(r)
-	b1 := begin(t, r, xid)
+	b1 := mustBegin(t, r, xid)
 	if _, err := b1.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b1.Prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b2 := begin(t, r, xid)
+	b2 := mustBegin(t, r, xid)
 	if _, err := b2.ExecContext(ctx, "INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +387,7 @@ func TestDuplicateGID(t *testing.T) {
 		t.Fatalf("Commit of a branch committed by id: %v, want nil (its evidence is there)", err)
 	}
 	// A committed id cannot be prepared again: its evidence row is there.
-	b3 := begin(t, r, xid)
+	b3 := mustBegin(t, r, xid)
 	_, err = b3.Prepare(ctx)
 	if !errors.Is(err, resource.ErrBranchExists) || !errors.Is(err, resource.ErrPrepareRefused) {
 		t.Fatalf("Prepare with the id of a committed branch: %v, want ErrBranchExists and ErrPrepareRefused", err)
@@ -406,7 +406,7 @@ func TestOutsideRollbackIsHeuristic(t *testing.T) {
 	r := e.open(t, "alpha")
 	ctx := testCtx(t)
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	if _, err := b.Prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +425,7 @@ func TestOutsideRollbackIsHeuristic(t *testing.T) {
 	}
 	// The other way round: committed outside, then a rollback asked for.
 	xid2 := newXID(r)
-	b2 := begin(t, r, xid2)
+	b2 := mustBegin(t, r, xid2)
 	if _, err := b2.Prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +466,7 @@ func TestEvidenceInOneRoundTrip(t *testing.T) {
 	}
 
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	before := writes.Load()
 	if _, err := b.Prepare(ctx); err != nil {
 		t.Fatal(err)
@@ -485,7 +485,7 @@ func TestEvidenceInOneRoundTrip(t *testing.T) {
 	}
 
 	llr := newXID(r)
-	b2 := begin(t, r, llr)
+	b2 := mustBegin(t, r, llr)
 	m := resource.Marker{GTID: llr.GTID, State: resource.StatePreCommit, Primary: "alpha", Participants: []string{"alpha", "beta"}}
 	before = writes.Load()
 	if err := b2.CommitWithMarker(ctx, m); err != nil {
@@ -518,7 +518,7 @@ func TestTempTableRefused(t *testing.T) {
 	r := e.open(t, "alpha")
 	ctx := testCtx(t)
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	if _, err := b.ExecContext(ctx, "CREATE TEMP TABLE tt (x int)"); err != nil {
 		t.Fatal(err)
 	}
@@ -562,7 +562,7 @@ func TestTooManyPrepared(t *testing.T) {
 		}
 		fill = append(fill, g)
 	}
-	b := begin(t, r, newXID(r))
+	b := mustBegin(t, r, newXID(r))
 	if _, err := b.ExecContext(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
@@ -688,7 +688,7 @@ func TestMarkerTableMissing(t *testing.T) {
 	if _, err := r.ListMarkers(ctx); !errors.Is(err, resource.ErrMarkerTableMissing) {
 		t.Fatalf("ListMarkers on migration 1 only: %v", err)
 	}
-	b := begin(t, r, newXID(r))
+	b := mustBegin(t, r, newXID(r))
 	_, err = b.Prepare(ctx)
 	if !errors.Is(err, resource.ErrMarkerTableMissing) || !errors.Is(err, resource.ErrPrepareRefused) {
 		t.Fatalf("Prepare on migration 1 only: %v, want ErrPrepareRefused and ErrMarkerTableMissing", err)
@@ -820,17 +820,80 @@ func TestRecoverIgnoresForeignBranches(t *testing.T) {
 	}
 }
 
+// TestListServerPrepared: ListServerPrepared lists every prepared
+// transaction of the server, threepc's and other software's, of this
+// database and of others, with its database, prepared time and owner.
+func TestListServerPrepared(t *testing.T) {
+	e := newEnv(t)
+	other := newEnv(t)
+	alpha := e.open(t, "alpha")
+	elsewhere := other.open(t, "alpha") // same name, another database
+	ctx := testCtx(t)
+	prepare := func(r *Resource) resource.XID {
+		t.Helper()
+		b := mustBegin(t, r, newXID(r))
+		if _, err := b.Prepare(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = r.RollbackPrepared(context.Background(), b.XID()) })
+		return b.XID()
+	}
+	mine := prepare(alpha)
+	theirs := prepare(elsewhere)
+	foreign := "foreign-lsp-" + e.dbn
+	c, err := pgx.Connect(ctx, e.srv.DSN(e.dbn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	for _, q := range []string{"BEGIN", "PREPARE TRANSACTION '" + foreign + "'"} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() { _, _ = c.Exec(context.Background(), "ROLLBACK PREPARED '"+foreign+"'") })
+
+	before := time.Now()
+	got, err := alpha.ListServerPrepared(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]resource.ServerPrepared{}
+	for _, p := range got {
+		byID[p.ID] = p
+	}
+	want := []resource.ServerPrepared{
+		{ID: mine.PostgresGID(), Ours: true, XID: mine, Database: e.dbn, SameDatabase: true},
+		{ID: theirs.PostgresGID(), Ours: true, XID: theirs, Database: other.dbn},
+		{ID: foreign, Database: e.dbn, SameDatabase: true},
+	}
+	for _, w := range want {
+		p, ok := byID[w.ID]
+		if !ok {
+			t.Errorf("ListServerPrepared does not list %s: %+v", w.ID, got)
+			continue
+		}
+		if p.PreparedAt.IsZero() || p.PreparedAt.After(before.Add(time.Minute)) || p.Owner != "postgres" {
+			t.Errorf("%s: prepared at %v by %q, want the server's prepared time and owner", w.ID, p.PreparedAt, p.Owner)
+		}
+		p.PreparedAt, p.Owner = time.Time{}, ""
+		if p != w {
+			t.Errorf("ListServerPrepared: %s: got %+v, want %+v", w.ID, p, w)
+		}
+	}
+}
+
 func TestRollbackCancelsBlockedStatement(t *testing.T) {
 	e := newEnv(t)
 	r := e.open(t, "alpha")
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY, v int)")
 	e.exec(t, "INSERT INTO t VALUES (1, 0)")
-	holder := begin(t, r, newXID(r))
+	holder := mustBegin(t, r, newXID(r))
 	if _, err := holder.ExecContext(ctx, "UPDATE t SET v = 1 WHERE id = 1"); err != nil {
 		t.Fatal(err)
 	}
-	waiter := begin(t, r, newXID(r))
+	waiter := mustBegin(t, r, newXID(r))
 	done := make(chan error, 1)
 	go func() {
 		// No deadline: only Rollback can end this statement.
@@ -869,7 +932,7 @@ func TestPrepareOnKilledSession(t *testing.T) {
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
 	xid := newXID(r)
-	b := begin(t, r, xid)
+	b := mustBegin(t, r, xid)
 	if _, err := b.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -898,7 +961,7 @@ func TestCommitOnePhase(t *testing.T) {
 	r := e.open(t, "alpha")
 	ctx := testCtx(t)
 	e.exec(t, "CREATE TABLE t (id int PRIMARY KEY)")
-	b := begin(t, r, newXID(r))
+	b := mustBegin(t, r, newXID(r))
 	if _, err := b.ExecContext(ctx, "INSERT INTO t VALUES (1)"); err != nil {
 		t.Fatal(err)
 	}
@@ -912,7 +975,7 @@ func TestCommitOnePhase(t *testing.T) {
 		t.Fatalf("%d rows, want 1", n)
 	}
 	// COMMIT of a failed transaction answers ROLLBACK without an error.
-	b2 := begin(t, r, newXID(r))
+	b2 := mustBegin(t, r, newXID(r))
 	if _, err := b2.ExecContext(ctx, "INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
 	}

@@ -9,10 +9,10 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// testEvidence checks the evidence rows behind Resource.Committed: a
+// TestEvidence checks the evidence rows behind Resource.Committed: a
 // branch's own row, written inside its transaction, is what lets anyone
 // prove that a branch committed when no authoritative answer exists.
-func testEvidence(t *testing.T, target Target) {
+func TestEvidence(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_evidence")
 	createItems(t, r)
@@ -134,10 +134,10 @@ func testEvidence(t *testing.T, target Target) {
 	})
 }
 
-// testTombstone checks Resource.Tombstone, the coordinator's clean-up at
+// TestTombstone checks Resource.Tombstone, the coordinator's clean-up at
 // the primary: the precommit row becomes a committed tombstone that still
 // blocks any insert (a late fence above all); other rows stay as they are.
-func testTombstone(t *testing.T, target Target) {
+func TestTombstone(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_tombstone")
 	createItems(t, r)
@@ -207,11 +207,11 @@ func testTombstone(t *testing.T, target Target) {
 	wantCommitted(t, ctx, r, xid, false, "after DeleteMarkers of the tombstone's gtid")
 }
 
-// testOutsideRollback: a prepared branch rolled back behind threepc's back
-// (an operator's ROLLBACK PREPARED / XA ROLLBACK) after the decision to
-// commit. Its commit, on the branch or by id, must report a heuristic
-// outcome, never nil: that is the one answer that would be a lie.
-func testOutsideRollback(t *testing.T, target Target) {
+// TestOutsideRollbackIsHeuristic checks a prepared branch rolled back
+// behind threepc's back (Target.RollbackOutside, required) after the
+// decision to commit: its commit, on the branch or by id, must report a
+// heuristic outcome, never nil, the one answer that would be a lie.
+func TestOutsideRollbackIsHeuristic(t *testing.T, target Target) {
 	if target.RollbackOutside == nil {
 		t.Fatal("Target.RollbackOutside is nil: reporting a branch rolled back outside threepc as a heuristic outcome (never as committed) is part of conformance")
 	}

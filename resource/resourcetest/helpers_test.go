@@ -74,3 +74,18 @@ func TestRetryUnreachable(t *testing.T) {
 		t.Errorf("RetryUnreachable: %d calls, err %v; want 3 calls ending in ErrUnknownBranch", calls, err)
 	}
 }
+
+// A nil Target.Kill skips the crash subtest, before it touches anything.
+func TestCrashSkippedWithoutKill(t *testing.T) {
+	var inner *testing.T
+	t.Run("SurvivesServerCrash", func(t *testing.T) {
+		inner = t
+		TestSurvivesServerCrash(t, Target{New: func(t *testing.T, _ string) resource.Resource {
+			t.Fatal("Target.New called by the crash subtest without Target.Kill")
+			return nil
+		}})
+	})
+	if !inner.Skipped() {
+		t.Error("TestSurvivesServerCrash with a nil Kill: not skipped")
+	}
+}

@@ -8,11 +8,12 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// testCommitWithMarker checks resource.MarkerCommitter, the optional
-// ability behind the coordinator's logging-last-resource optimization:
-// the branch's commit and its marker row are one atomic step, and the
-// marker's primary key serialises that step against a fence.
-func testCommitWithMarker(t *testing.T, target Target) {
+// TestCommitWithMarker checks resource.MarkerCommitter, the optional
+// ability behind the coordinator's logging-last-resource optimization
+// (skipped when the driver's branches lack it): the branch's commit and
+// its marker row are one atomic step, and the marker's primary key
+// serialises that step against a fence.
+func TestCommitWithMarker(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_llr")
 	probe, err := r.Begin(ctx, NewXID(r))

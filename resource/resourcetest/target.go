@@ -10,7 +10,8 @@ import (
 	"github.com/threepc/threepc/resource"
 )
 
-// Target describes the driver under test to Run.
+// Target describes the driver under test to Run and to the exported
+// subtests.
 type Target struct {
 	// New returns a new resource with the given name on a database of its
 	// own (so Recover and ListMarkers see only what the test made), with the
@@ -24,7 +25,10 @@ type Target struct {
 	NewOnDatabaseOf func(t *testing.T, r resource.Resource, name string) resource.Resource
 
 	// Kill stops the server with SIGKILL; Restart starts it again on the
-	// same data directory and waits until it accepts connections.
+	// same data directory and waits until it accepts connections. A nil
+	// Kill skips the crash subtest (TestSurvivesServerCrash) and nothing
+	// else, so that a server the target cannot kill (an external one)
+	// runs all the rest; with Kill set, Restart is required.
 	Kill    func(t *testing.T)
 	Restart func(t *testing.T)
 
