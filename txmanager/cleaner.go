@@ -5,7 +5,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
 )
 
 // cleaner settles marker rows in the background, in batches per resource

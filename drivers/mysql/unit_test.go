@@ -11,8 +11,8 @@ import (
 
 	mysqldriver "github.com/go-sql-driver/mysql"
 
+	"github.com/threepc/threepc/internal/telemetry"
 	"github.com/threepc/threepc/resource"
-	"github.com/threepc/threepc/tracing"
 )
 
 func TestParseVersion(t *testing.T) {
@@ -192,16 +192,16 @@ func TestErrorStatusCode(t *testing.T) {
 		fmt.Errorf("outer: %w", wrap("inner", nil, wrap("innermost", nil, server))),
 		heuristic("commit", false, server),
 	} {
-		var sc tracing.StatusCoder
+		var sc resource.StatusCoder
 		if !errors.As(err, &sc) {
-			t.Errorf("%v: no tracing.StatusCoder in the chain", err)
+			t.Errorf("%v: no resource.StatusCoder in the chain", err)
 			continue
 		}
 		if got := sc.DBStatusCode(); got != "1062" {
 			t.Errorf("%v: DBStatusCode() = %q, want \"1062\"", err, got)
 		}
-		if got := tracing.StatusCodeOf(err); got != "1062" {
-			t.Errorf("%v: tracing.StatusCodeOf = %q, want \"1062\"", err, got)
+		if got := telemetry.StatusCodeOf(err); got != "1062" {
+			t.Errorf("%v: telemetry.StatusCodeOf = %q, want \"1062\"", err, got)
 		}
 		var me *mysqldriver.MySQLError
 		if !errors.As(err, &me) || me.Number != 1062 {
@@ -210,7 +210,7 @@ func TestErrorStatusCode(t *testing.T) {
 	}
 	// No sentinel: error.type is the server's error type, as before the
 	// status code was added.
-	if got, want := tracing.ErrorTypeOf(wrap("x", nil, server)), "*mysql.MySQLError"; got != want {
+	if got, want := telemetry.ErrorTypeOf(wrap("x", nil, server)), "*mysql.MySQLError"; got != want {
 		t.Errorf("ErrorTypeOf = %q, want %q", got, want)
 	}
 	// The message is unchanged.
@@ -219,7 +219,7 @@ func TestErrorStatusCode(t *testing.T) {
 	}
 	// Errors without a server answer carry no status code.
 	for _, err := range []error{wrapConn("x", io.EOF), wrap("x", nil, errors.New("other")), heuristic("commit", true, nil)} {
-		if got := tracing.StatusCodeOf(err); got != "" {
+		if got := telemetry.StatusCodeOf(err); got != "" {
 			t.Errorf("%v: status code %q, want none", err, got)
 		}
 	}
