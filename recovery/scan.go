@@ -105,78 +105,35 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 		}
 	})
 	lcancel()
-	txs := map[string]*TxReport{}
-	get := func(g string) *TxReport {
-		t, ok := txs[g]
-		if !ok {
-			t = &TxReport{GTID: g, Markers: map[string]resource.Marker{}, Age: s.opts.clock.Now().Sub(resource.GTIDTime(g))}
-			txs[g] = t
-		}
-		return t
-	}
-	for i, n := range names {
-		if fs[i].err != nil {
-			rep.Unreachable[n] = fs[i].err
-			s.opts.logger.Warn("threepc/recovery: resource not scanned", "resource", n, "err", fs[i].err)
-			continue
-		}
-		for _, m := range fs[i].markers {
-			if !s.ours(m.Space) {
-				continue
-			}
-			t := get(m.GTID)
-			t.Markers[n] = m
-			t.Primary = m.Primary
-		}
-		for _, p := range fs[i].prepared {
-			if p.XID.Space != s.opts.space {
-				rep.Foreign++
-				continue
-			}
-			t := get(p.XID.GTID)
-			t.Primary = p.XID.Primary
-			t.Branches = append(t.Branches, BranchReport{Resource: n, XID: p.XID, PreparedAt: p.PreparedAt})
+	g := gather(names, fs, s.opts.space, s.opts.clock.Now())
+	rep.Unreachable, rep.Foreign = g.Unreachable, g.Foreign
+	for _, n := range names {
+		if err := rep.Unreachable[n]; err != nil {
+			s.opts.logger.Warn("threepc/recovery: resource not scanned", "resource", n, "err", err)
 		}
 	}
-	gtids := slices.Sorted(maps.Keys(txs))
-	for _, g := range gtids {
-		t := txs[g]
-		t.Participants = participants(t)
-		rctx, span := s.tel.StartResolve(ctx, g)
-		s.resolve(rctx, t, rep.Unreachable, dry, fenceBy)
-		span.End(resolution(t, dry))
-		rep.Transactions = append(rep.Transactions, *t)
+	cfg := &planConfig{
+		horizon: s.opts.horizon, retention: s.opts.retention, tombstones: s.opts.tombstones,
+		deadline: s.opts.deadline, fenceBy: fenceBy, space: s.opts.space, owner: s.opts.instanceID, dry: dry,
+		resources: map[string]bool{}, unreachable: rep.Unreachable,
+	}
+	for _, n := range names {
+		cfg.resources[n] = true
+	}
+	for _, f := range g.Txs {
+		rctx, span := s.tel.StartResolve(ctx, f.GTID)
+		t := s.resolve(rctx, cfg, f)
+		span.End(resolution(&t, dry))
+		rep.Transactions = append(rep.Transactions, t)
 	}
 	if !dry {
-		s.collectBatch(ctx, rep.Transactions)
+		s.collectBatches(ctx, rep.Transactions)
 	}
 	for i := range rep.Transactions {
 		s.log(&rep.Transactions[i], dry)
 	}
 	rep.Duration = s.opts.clock.Now().Sub(rep.Started)
 	return rep, nil
-}
-
-func participants(t *TxReport) []string {
-	set := map[string]bool{}
-	for _, m := range t.Markers {
-		for _, p := range m.Participants {
-			set[p] = true
-		}
-	}
-	for _, b := range t.Branches {
-		set[b.Resource] = true
-	}
-	if t.Primary != "" {
-		set[t.Primary] = true
-	}
-	return slices.Sorted(maps.Keys(set))
-}
-
-// ours reports whether a marker row's namespace tag is the scanner's.
-// Rows written before namespaces existed belong to the default one.
-func (s *Scanner) ours(space string) bool {
-	return space == s.opts.space || space == "" && s.opts.space == resource.SpaceTag("")
 }
 
 func (s *Scanner) log(t *TxReport, dry bool) {
