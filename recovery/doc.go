@@ -16,9 +16,11 @@
 // instances.
 //
 // Run a scan at start-up, before serving traffic, and keep one running
-// in the background:
+// in the background (Run's third argument, if not nil, receives every
+// scan's report):
 //
-//	sc, err := recovery.New(resources)
+//	sc, err := recovery.New(resources, recovery.WithNamespace("shop"))
+//	if err != nil { ... }
 //	if _, err := sc.ScanOnce(ctx); err != nil { ... }
-//	go sc.Run(ctx, time.Minute, nil)
+//	go sc.Run(ctx, time.Minute, nil) // until ctx ends
 package recovery
