@@ -150,6 +150,9 @@ type planner struct {
 // do returns the result of a if it was given; otherwise it records a as
 // the next action and reports false, and the caller returns at once.
 func (p *planner) do(a action) (result, bool) {
+	if p.next != nil {
+		panic(fmt.Sprintf("threepc/recovery: plan of %s: %v asked for while waiting for the result of %v", p.t.GTID, a.Kind, p.next.Kind))
+	}
 	if len(p.results) == 0 {
 		p.next = &a
 		return result{}, false
