@@ -488,7 +488,7 @@ func scenarios() []scenario {
 
 // violations runs every possible scenario (with the given bugs) down
 // every path and returns the first few violations, and the numbers of
-// scenarios and paths.
+// transactions planned and paths.
 func violations(b bugs, limit int) (bad []string, scens, paths int) {
 	for _, s := range scenarios() {
 		if !s.possible() {
@@ -557,7 +557,13 @@ func TestPlanInvariants(t *testing.T) {
 	for _, v := range bad {
 		t.Error(v)
 	}
-	t.Logf("%d scenarios, %d paths", scens, paths)
+	possible := 0
+	for _, s := range scenarios() {
+		if s.possible() {
+			possible++
+		}
+	}
+	t.Logf("%d scenarios, %d possible, %d with a transaction of ours to plan, %d paths of answers", len(scenarios()), possible, scens, paths)
 }
 
 // TestPlanInvariantsCatchSeededBugs: each planted recovery bug breaks a
