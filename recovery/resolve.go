@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/threepc/threepc/internal/seeded"
-	"github.com/threepc/threepc/internal/telemetry"
 )
 
 // hintOrphan is what an operator does about a decided branch gone without
@@ -48,38 +47,24 @@ func (s *Scanner) do(ctx context.Context, gtid string, a action) result {
 	r := s.res[a.Resource]
 	switch a.Kind {
 	case actInsertMarker:
-		octx, op := s.tel.Op(ctx, telemetry.OpInsertMarker, r)
-		res.Err = r.InsertMarker(octx, a.Marker)
-		op.End(res.Err)
+		res.Err = r.InsertMarker(ctx, a.Marker)
 	case actReadMarker:
-		octx, op := s.tel.Op(ctx, telemetry.OpReadMarker, r)
-		res.Row, res.Err = r.ReadMarker(octx, a.GTID)
-		op.End(res.Err)
+		res.Row, res.Err = r.ReadMarker(ctx, a.GTID)
 	case actCommitted:
-		octx, op := s.tel.Op(ctx, telemetry.OpCommitted, r)
-		res.OK, res.Err = r.Committed(octx, a.XID)
-		op.End(res.Err)
+		res.OK, res.Err = r.Committed(ctx, a.XID)
 	case actTombstone:
-		octx, op := s.tel.Op(ctx, telemetry.OpTombstone, r)
-		res.Err = r.Tombstone(octx, a.GTID)
-		op.End(res.Err)
+		res.Err = r.Tombstone(ctx, a.GTID)
 	case actDeleteMarkers:
-		octx, op := s.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
-		res.Err = r.DeleteMarkers(octx, a.GTID)
-		op.End(res.Err)
+		res.Err = r.DeleteMarkers(ctx, a.GTID)
 	case actFinish:
 		res.Errs = make([]error, len(a.Branches))
 		s.each(len(a.Branches), func(i int) {
 			b := a.Branches[i]
 			r := s.res[b.Resource]
 			if a.Commit {
-				octx, op := s.tel.Op(ctx, telemetry.OpCommitPrepared, r)
-				res.Errs[i] = r.CommitPrepared(octx, b.XID)
-				op.End(res.Errs[i])
+				res.Errs[i] = r.CommitPrepared(ctx, b.XID)
 			} else {
-				octx, op := s.tel.Op(ctx, telemetry.OpRollbackPrepared, r)
-				res.Errs[i] = r.RollbackPrepared(octx, b.XID)
-				op.End(res.Errs[i])
+				res.Errs[i] = r.RollbackPrepared(ctx, b.XID)
 			}
 		})
 	default:
@@ -98,9 +83,7 @@ func (s *Scanner) collectBatches(ctx context.Context, txs []TxReport) {
 		errs := make([]error, len(batches))
 		s.each(len(batches), func(k int) {
 			r := s.res[batches[k].Resource]
-			octx, op := s.tel.Op(ctx, telemetry.OpDeleteMarkers, r)
-			errs[k] = r.DeleteMarkers(octx, batches[k].GTIDs...)
-			op.End(errs[k])
+			errs[k] = r.DeleteMarkers(ctx, batches[k].GTIDs...)
 		})
 		for k, err := range errs {
 			if err != nil {

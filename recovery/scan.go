@@ -17,7 +17,7 @@ import (
 
 // Scanner resolves in-doubt transactions over a set of resources.
 type Scanner struct {
-	res  map[string]resource.Resource
+	res  map[string]*telemetry.Resource // instrumented: every database call is a span
 	opts options
 	tel  *telemetry.Scanner
 }
@@ -26,7 +26,7 @@ type Scanner struct {
 // coordinators use; a resource missing here makes its transactions
 // unresolvable when it is their primary).
 func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
-	s := &Scanner{res: map[string]resource.Resource{}, opts: options{
+	s := &Scanner{res: map[string]*telemetry.Resource{}, opts: options{
 		horizon: DefaultHorizon, retention: DefaultRetention, tombstones: DefaultTombstoneRetention, clock: systemClock{},
 		logger: slog.Default(), instanceID: "recovery", space: resource.SpaceTag(""),
 		deadline: DefaultScanDeadline,
@@ -39,6 +39,7 @@ func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 	if min(s.opts.retention, s.opts.tombstones) < 2*s.opts.deadline {
 		return nil, fmt.Errorf("threepc/recovery: retention %v and tombstone retention %v must be at least twice the scan deadline %v: a slow scan must never fence after the rows it read are collected", s.opts.retention, s.opts.tombstones, s.opts.deadline)
 	}
+	s.tel = telemetry.NewScanner(s.opts.tp, s.opts.mp)
 	for _, r := range resources {
 		if err := resource.ValidateName(r.Name()); err != nil {
 			return nil, err
@@ -46,9 +47,8 @@ func New(resources []resource.Resource, opts ...Option) (*Scanner, error) {
 		if _, dup := s.res[r.Name()]; dup {
 			return nil, fmt.Errorf("threepc/recovery: resource %q registered twice", r.Name())
 		}
-		s.res[r.Name()] = r
+		s.res[r.Name()] = s.tel.Wrap(r)
 	}
-	s.tel = telemetry.NewScanner(s.opts.tp, s.opts.mp)
 	return s, nil
 }
 
@@ -90,18 +90,14 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	lctx, lcancel := context.WithTimeout(ctx, s.opts.deadline/4)
 	s.each(len(names), func(i int) {
 		n := names[i]
-		octx, op := s.tel.Op(lctx, telemetry.OpListMarkers, s.res[n])
-		fs[i].markers, fs[i].err = s.res[n].ListMarkers(octx)
-		op.End(fs[i].err)
+		fs[i].markers, fs[i].err = s.res[n].ListMarkers(lctx)
 	})
 	lcancel()
 	lctx, lcancel = context.WithTimeout(ctx, s.opts.deadline/4)
 	s.each(len(names), func(i int) {
 		n := names[i]
 		if fs[i].err == nil {
-			octx, op := s.tel.Op(lctx, telemetry.OpRecover, s.res[n])
-			fs[i].prepared, fs[i].err = s.res[n].Recover(octx)
-			op.End(fs[i].err)
+			fs[i].prepared, fs[i].err = s.res[n].Recover(lctx)
 		}
 	})
 	lcancel()

@@ -232,15 +232,6 @@ func (p PhaseSpan) End(err error) {
 	p.span.End()
 }
 
-// Op starts the CLIENT span of a database call under ctx's span (a phase,
-// or the transaction for Begin). See StartOp.
-func (c *Coordinator) Op(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
-	if c == nil {
-		return ctx, OpSpan{}
-	}
-	return c.startOp(ctx, op, r)
-}
-
 // Recording reports whether the transaction's span records, so that
 // callers can skip building attribute values nobody will see.
 func (t *Txn) Recording() bool { return t.span != nil && t.span.IsRecording() }

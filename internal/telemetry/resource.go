@@ -19,11 +19,23 @@ type Resource struct {
 	batcher resource.MarkerBatcher // nil when the driver cannot batch
 }
 
-// Wrap returns r instrumented by the coordinator's tracer.
-func (c *Coordinator) Wrap(r resource.Resource) *Resource { return c.base.wrap(r) }
+// Wrap returns r instrumented by the coordinator's tracer; a nil
+// Coordinator's wrapper starts no spans.
+func (c *Coordinator) Wrap(r resource.Resource) *Resource {
+	if c == nil {
+		return (*base)(nil).wrap(r)
+	}
+	return c.base.wrap(r)
+}
 
-// Wrap returns r instrumented by the scanner's tracer.
-func (s *Scanner) Wrap(r resource.Resource) *Resource { return s.base.wrap(r) }
+// Wrap returns r instrumented by the scanner's tracer; a nil Scanner's
+// wrapper starts no spans.
+func (s *Scanner) Wrap(r resource.Resource) *Resource {
+	if s == nil {
+		return (*base)(nil).wrap(r)
+	}
+	return s.base.wrap(r)
+}
 
 func (b *base) wrap(r resource.Resource) *Resource {
 	t := &Resource{Resource: r, b: b}

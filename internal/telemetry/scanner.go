@@ -10,7 +10,6 @@ import (
 	"go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/tracing"
 )
 
@@ -211,13 +210,4 @@ func (rs ResolveSpan) End(r Resolution) {
 		}
 	}
 	rs.span.End()
-}
-
-// Op starts the CLIENT span of a database call under ctx's span (the scan,
-// or a resolution).
-func (s *Scanner) Op(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
-	if s == nil {
-		return ctx, OpSpan{}
-	}
-	return s.startOp(ctx, op, r)
 }

@@ -246,7 +246,7 @@ type OpSpan struct {
 // span in ctx. The caller passes the returned context to the call, so that
 // a driver's own instrumentation nests under it.
 func (b *base) startOp(ctx context.Context, op Operation, r resource.Resource) (context.Context, OpSpan) {
-	if b.tracer == nil || !trace.SpanFromContext(ctx).IsRecording() {
+	if b == nil || b.tracer == nil || !trace.SpanFromContext(ctx).IsRecording() {
 		// A database call is always a child of a transaction's or a
 		// scan's span: unsampled there, unsampled here (parent-based
 		// sampling), so no span at all.

@@ -100,10 +100,10 @@ func TestOpSpanAttributes(t *testing.T) {
 		{name: "plain", system: "mariadb", addr: "db.local"},
 	}
 	for _, r := range resources {
-		_, op := c.Op(ctx, telemetry.OpCommitPrepared, r)
+		_, op := c.Wrap(r).Op(ctx, telemetry.OpCommitPrepared)
 		op.End(nil)
 	}
-	_, op := c.Op(ctx, telemetry.OpPrepare, resources[0])
+	_, op := c.Wrap(resources[0]).Op(ctx, telemetry.OpPrepare)
 	op.Vote(resource.VoteReadOnly)
 	op.End(fmt.Errorf("threepc/postgres: prepare: %w: %w", resource.ErrPrepareRefused, &pgError{"40001"}))
 
@@ -168,7 +168,7 @@ func TestNilAndZero(t *testing.T) {
 	}
 	_, ph := tx.Phase(ctx, resource.PhasePrepare)
 	ph.End(errors.New("x"))
-	_, op := c.Op(ctx, telemetry.OpPrepare, fakeRes{name: "a"})
+	_, op := c.Wrap(fakeRes{name: "a"}).Op(ctx, telemetry.OpPrepare)
 	op.Vote(resource.VotePrepared)
 	op.End(nil)
 	tx.SetParticipants("a", []string{"a"})
@@ -187,11 +187,12 @@ func TestNoopAllocations(t *testing.T) {
 	c := telemetry.NewCoordinator(tracenoop.NewTracerProvider(), metricnoop.NewMeterProvider(), "3pc")
 	r := &fakeRes{name: "a", system: "postgresql"}     // drivers' resources are pointers
 	ctx := context.WithoutCancel(context.Background()) // as after the commit point
+	tr := c.Wrap(r)                                    // once per resource, at New
 	allocs := testing.AllocsPerRun(200, func() {
 		tx := c.Start(ctx, "01J0000000000000000000000")
 		tctx := tx.Context(ctx)
 		pctx, ph := tx.Phase(tctx, resource.PhasePrepare)
-		_, op := c.Op(pctx, telemetry.OpPrepare, r)
+		_, op := tr.Op(pctx, telemetry.OpPrepare)
 		op.Vote(resource.VotePrepared)
 		op.End(nil)
 		ph.End(nil)
