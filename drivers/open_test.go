@@ -20,14 +20,14 @@ func TestOpenSelectsDriverByScheme(t *testing.T) {
 		if r.System() != system {
 			t.Errorf("%s: system %q, want %q", url, r.System(), system)
 		}
-		r.Close()
+		resource.Close(r)
 	}
 	for _, url := range []string{"mysql://root@127.0.0.1:3306/db", "mariadb://root@127.0.0.1:3306/db"} {
 		r, err := Open("a", url)
 		if err != nil {
 			t.Fatalf("%s: %v", url, err)
 		}
-		r.Close()
+		resource.Close(r)
 	}
 }
 
@@ -82,6 +82,6 @@ func TestTracingAttributes(t *testing.T) {
 		if addr.ServerAddress() != want[0] || name.DatabaseName() != want[1] {
 			t.Errorf("%s: got %q %q, want %q", url, addr.ServerAddress(), name.DatabaseName(), want)
 		}
-		r.Close()
+		resource.Close(r)
 	}
 }

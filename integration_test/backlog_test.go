@@ -92,7 +92,7 @@ func TestRecoveryBacklogWithDatabaseRestarts(t *testing.T) {
 	// The coordinators' sessions end, so that MariaDB detaches their
 	// prepared branches, as after a coordinator's crash.
 	for _, r := range coordRs {
-		r.Close()
+		resource.Close(r)
 	}
 	for _, p := range ps {
 		if err := p.srv.WaitIdle(testCtx(t, 30*time.Second), p.db); err != nil {
@@ -221,11 +221,11 @@ func seedBacklogBank(t *testing.T, ps []part) {
 			for i := lo; i < lo+500; i++ {
 				vals = append(vals, fmt.Sprintf("(%d, %d)", i, initialBalance))
 			}
-			if _, err := r.DB().ExecContext(ctx, "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ", ")); err != nil {
+			if _, err := resource.DBOf(r).ExecContext(ctx, "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ", ")); err != nil {
 				t.Fatalf("seed %s: %v", p.name, err)
 			}
 		}
-		r.Close() // no session may stay: the drain waits for idle databases
+		resource.Close(r) // no session may stay: the drain waits for idle databases
 	}
 }
 

@@ -34,7 +34,7 @@ func seedBank(t *testing.T, rs []resource.Resource) {
 		for i := range bankAccounts {
 			vals = append(vals, fmt.Sprintf("(%d, %d)", i, initialBalance))
 		}
-		if _, err := r.DB().ExecContext(ctx, "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ", ")); err != nil {
+		if _, err := resource.DBOf(r).ExecContext(ctx, "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ", ")); err != nil {
 			t.Fatalf("seed %s: %v", r.Name(), err)
 		}
 	}
@@ -239,7 +239,7 @@ func readLedgers(t *testing.T, ctx context.Context, rs []resource.Resource) (led
 	ledgers = make([]map[string]bool, len(rs))
 	for i, r := range rs {
 		ledgers[i] = map[string]bool{}
-		rows, err := r.DB().QueryContext(ctx, "SELECT id FROM ledger")
+		rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT id FROM ledger")
 		if err != nil {
 			t.Fatalf("ledger of %s: %v", r.Name(), err)
 		}
@@ -255,7 +255,7 @@ func readLedgers(t *testing.T, ctx context.Context, rs []resource.Resource) (led
 		}
 		rows.Close()
 		var sum int
-		if err := r.DB().QueryRowContext(ctx, "SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&sum); err != nil {
+		if err := resource.DBOf(r).QueryRowContext(ctx, "SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&sum); err != nil {
 			t.Fatal(err)
 		}
 		total += sum

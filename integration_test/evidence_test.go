@@ -72,7 +72,7 @@ func (k *terminator) resources(t *testing.T) []resource.Resource {
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { r.Close() })
+			t.Cleanup(func() { resource.Close(r) })
 			rs = append(rs, r)
 			continue
 		}
@@ -332,7 +332,7 @@ func errorsCapped(t *testing.T, what string, problems []string) {
 func committedGTIDs(t *testing.T, w *workload, r resource.Resource) map[string]bool {
 	t.Helper()
 	ctx := testCtx(t, time.Minute)
-	rows, err := r.DB().QueryContext(ctx, "SELECT id FROM ledger")
+	rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT id FROM ledger")
 	if err != nil {
 		t.Fatalf("ledger of %s: %v", r.Name(), err)
 	}

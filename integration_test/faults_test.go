@@ -126,7 +126,7 @@ func TestConnectionFaults(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { r.Close() })
+		t.Cleanup(func() { resource.Close(r) })
 		coordRs = append(coordRs, r)
 	}
 

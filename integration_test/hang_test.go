@@ -128,7 +128,7 @@ func proxied(t *testing.T, p part) (*faultproxy.Proxy, resource.Resource) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() { resource.Close(r) })
 	return px, r
 }
 
@@ -363,7 +363,7 @@ func runHangCase(t *testing.T, ps []part, ph hangPhase, victim int, dir faultpro
 		}
 		early = recoverFresh(t, rs, 20*time.Second)
 		for _, r := range rs {
-			r.Close() // WaitIdle below counts its sessions too
+			resource.Close(r) // WaitIdle below counts its sessions too
 		}
 		if len(early.badErrs) > 0 {
 			t.Errorf("recovery errors while the coordinator hangs: %v", early.badErrs)
@@ -375,7 +375,7 @@ func runHangCase(t *testing.T, ps []part, ph hangPhase, victim int, dir faultpro
 	dropped := pxs[victim].Heal()
 	_ = m.Close(ctx)
 	for i, r := range rs {
-		_ = r.Close()
+		_ = resource.Close(r)
 		if err := ps[i].srv.WaitIdle(testCtx(t, 15*time.Second), ps[i].db); err != nil {
 			t.Fatalf("after the heal: %v", err)
 		}

@@ -80,13 +80,13 @@ func newPart(t *testing.T, srv *harness.Server, name string, ddl ...string) part
 	}
 	// Closed at once: waitSessionsGone needs the databases free of
 	// sessions between cases.
-	defer r.Close()
+	defer resource.Close(r)
 	ctx := testCtx(t, time.Minute)
-	if err := migrations.Up(ctx, r.DB(), p.dialect()); err != nil {
+	if err := migrations.Up(ctx, resource.DBOf(r), p.dialect()); err != nil {
 		t.Fatalf("migrations on %s: %v", name, err)
 	}
 	for _, q := range ddl {
-		if _, err := r.DB().ExecContext(ctx, q); err != nil {
+		if _, err := resource.DBOf(r).ExecContext(ctx, q); err != nil {
 			t.Fatalf("%s on %s: %v", q, name, err)
 		}
 	}
@@ -104,7 +104,7 @@ func (p part) open(t testing.TB) resource.Resource {
 	if err != nil {
 		t.Fatalf("open %s: %v", p.name, err)
 	}
-	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() { resource.Close(r) })
 	return r
 }
 
@@ -342,7 +342,7 @@ func ageRows(t testing.TB, ctx context.Context, r resource.Resource) {
 	if r.System() == "postgresql" {
 		q = "UPDATE threepc_markers SET created_at = created_at - INTERVAL '25 hours'"
 	}
-	if _, err := r.DB().ExecContext(ctx, q); err != nil {
+	if _, err := resource.DBOf(r).ExecContext(ctx, q); err != nil {
 		t.Fatalf("age the marker rows of %s: %v", r.Name(), err)
 	}
 }
@@ -351,7 +351,7 @@ func ageRows(t testing.TB, ctx context.Context, r resource.Resource) {
 // and evidence rows) as "gtid/branch/state".
 func markerTable(t testing.TB, ctx context.Context, r resource.Resource) []string {
 	t.Helper()
-	rows, err := r.DB().QueryContext(ctx, "SELECT gtid, branch, state FROM threepc_markers ORDER BY gtid, branch")
+	rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT gtid, branch, state FROM threepc_markers ORDER BY gtid, branch")
 	if err != nil {
 		t.Fatalf("marker table of %s: %v", r.Name(), err)
 	}
@@ -398,7 +398,7 @@ func collectAborts(t testing.TB, rs []resource.Resource, opts ...recovery.Option
 func count(t testing.TB, ctx context.Context, r resource.Resource, q string, args ...any) int {
 	t.Helper()
 	var n int
-	if err := r.DB().QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
+	if err := resource.DBOf(r).QueryRowContext(ctx, q, args...).Scan(&n); err != nil {
 		t.Fatalf("%s on %s: %v", q, r.Name(), err)
 	}
 	return n

@@ -271,7 +271,7 @@ func openTimed(t testing.TB, ps []part) []resource.Resource {
 		if err != nil {
 			t.Fatalf("open %s: %v", p.name, err)
 		}
-		t.Cleanup(func() { r.Close() })
+		t.Cleanup(func() { resource.Close(r) })
 		rs[i] = r
 	}
 	return rs
@@ -521,7 +521,7 @@ func lockHeld(t *testing.T, ctx context.Context, r resource.Resource, key string
 	t.Helper()
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	tx, err := r.DB().BeginTx(lctx, nil)
+	tx, err := resource.DBOf(r).BeginTx(lctx, nil)
 	if err != nil {
 		t.Fatalf("begin at %s: %v", r.Name(), err)
 	}

@@ -29,9 +29,9 @@ func openBun(e *env) map[string]*bun.DB {
 	dbs := map[string]*bun.DB{}
 	for _, r := range e.both() {
 		if isPG(r) {
-			dbs[r.Name()] = bun.NewDB(r.DB(), pgdialect.New())
+			dbs[r.Name()] = bun.NewDB(resource.DBOf(r), pgdialect.New())
 		} else {
-			dbs[r.Name()] = bun.NewDB(r.DB(), mysqldialect.New())
+			dbs[r.Name()] = bun.NewDB(resource.DBOf(r), mysqldialect.New())
 		}
 	}
 	return dbs

@@ -30,9 +30,9 @@ func openGORM(t *testing.T, e *env) map[string]*gorm.DB {
 	t.Helper()
 	dbs := map[string]*gorm.DB{}
 	for _, r := range e.both() {
-		d := gormmysql.New(gormmysql.Config{Conn: r.DB()})
+		d := gormmysql.New(gormmysql.Config{Conn: resource.DBOf(r)})
 		if isPG(r) {
-			d = gormpg.New(gormpg.Config{Conn: r.DB()})
+			d = gormpg.New(gormpg.Config{Conn: resource.DBOf(r)})
 		}
 		db, err := gorm.Open(d, &gorm.Config{Logger: logger.Discard})
 		if err != nil {

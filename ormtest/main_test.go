@@ -59,10 +59,10 @@ func newEnv(t *testing.T) *env {
 		if r.System() == postgres.System {
 			d, ddl = migrations.DialectPostgres, pgSchema
 		}
-		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+		if err := migrations.Up(ctx, resource.DBOf(r), d); err != nil {
 			t.Fatalf("migrations on %s: %v", r.Name(), err)
 		}
-		if _, err := r.DB().ExecContext(ctx, ddl); err != nil {
+		if _, err := resource.DBOf(r).ExecContext(ctx, ddl); err != nil {
 			t.Fatalf("schema on %s: %v", r.Name(), err)
 		}
 		if err := r.Check(ctx); err != nil {
@@ -96,7 +96,7 @@ type account struct {
 // distributed transaction: what committed.
 func accounts(t *testing.T, r resource.Resource) []account {
 	t.Helper()
-	rows, err := r.DB().QueryContext(testCtx(t), "SELECT owner, balance FROM accounts ORDER BY id")
+	rows, err := resource.DBOf(r).QueryContext(testCtx(t), "SELECT owner, balance FROM accounts ORDER BY id")
 	if err != nil {
 		t.Fatalf("%s: %v", r.Name(), err)
 	}

@@ -8,6 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/threepc/threepc/resource"
 )
 
 // pgxDBTX is the DBTX that sqlc generates in its pgx/v5 mode.
@@ -29,7 +31,7 @@ var _ pgxDBTX = (*pgx.Conn)(nil)
 func TestPgxRaw(t *testing.T) {
 	e := newEnv(t)
 	ctx := testCtx(t)
-	conn, err := e.pg.DB().Conn(ctx)
+	conn, err := resource.DBOf(e.pg).Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,7 +89,7 @@ func TestSQLX(t *testing.T) {
 	// adapter has no Begin, and needs none.
 	t.Run("BeginTxx", func(t *testing.T) {
 		before := e.snapshot(t)
-		pool := sqlx.NewDb(e.maria.DB(), "mysql")
+		pool := sqlx.NewDb(resource.DBOf(e.maria), "mysql")
 		err := e.m.Run(testCtx(t), func(ctx context.Context, tx *txmanager.Tx) error {
 			if _, err := tx.DB(e.maria.Name()).ExecContext(ctx,
 				"INSERT INTO accounts (owner, balance) VALUES ('in-branch', 0)"); err != nil {

@@ -14,6 +14,7 @@ package resource
 import (
 	"context"
 	"database/sql"
+	"io"
 	"time"
 )
 
@@ -41,10 +42,6 @@ type Resource interface {
 	// System is the database system, as the OpenTelemetry semantic
 	// conventions name it: "postgresql", "mysql" or "mariadb".
 	System() string
-
-	// DB is the connection pool the resource runs on. Connections handed
-	// back to it are never in a transaction or XA state.
-	DB() *sql.DB
 
 	// Check verifies that the resource can take part in distributed
 	// transactions: the server is reachable, prepared transactions are
@@ -86,6 +83,14 @@ type Resource interface {
 	// is ignored.
 	Committed(ctx context.Context, xid XID) (bool, error)
 
+	// The marker table in the resource's database.
+	MarkerStore
+}
+
+// MarkerStore is the marker table of a participant database: the
+// decision and abort rows of the protocol (see PROTOCOL.md) and the
+// tombstones that outlive them.
+type MarkerStore interface {
 	// InsertMarker inserts a marker row. It is a compare-and-set on the
 	// gtid: if a marker row for the gtid already exists (whatever its
 	// state, tombstones included) the insert fails with an error wrapping
@@ -108,10 +113,23 @@ type Resource interface {
 	// DeleteMarkers deletes every row of the given gtids: marker rows,
 	// tombstones and evidence rows. Missing rows are not an error.
 	DeleteMarkers(ctx context.Context, gtids ...string) error
+}
 
-	// Close releases the resource's connection pool if the resource opened
-	// it.
-	Close() error
+// Pooled is an optional interface of a Resource: the connection pool it
+// runs on, for migrations, pool settings and the application's own
+// statements. Connections handed back to it are never in a transaction
+// or XA state. Both drivers implement it, and io.Closer (Close releases
+// the pool if the resource opened it).
+type Pooled interface {
+	DB() *sql.DB
+}
+
+// DBOf returns r's connection pool, or nil if r is not Pooled.
+func DBOf(r Resource) *sql.DB {
+	if p, ok := r.(Pooled); ok {
+		return p.DB()
+	}
+	return nil
 }
 
 // Vote is a branch's answer to Prepare.
@@ -224,4 +242,13 @@ type MarkerCommitter interface {
 // database.
 type MarkerBatcher interface {
 	InsertMarkers(ctx context.Context, ms []Marker) (states []MarkerState, err error)
+}
+
+// Close closes r if it is an io.Closer (both drivers are: Close releases
+// the pool the resource opened), else does nothing.
+func Close(r Resource) error {
+	if c, ok := r.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }

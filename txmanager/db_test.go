@@ -47,21 +47,21 @@ func pair(t *testing.T, accounts int) (pg, maria resource.Resource) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { pg.Close(); maria.Close() })
+	t.Cleanup(func() { resource.Close(pg); resource.Close(maria) })
 	for _, r := range []resource.Resource{pg, maria} {
 		d := migrations.DialectMySQL
 		if r.System() == "postgresql" {
 			d = migrations.DialectPostgres
 		}
-		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+		if err := migrations.Up(ctx, resource.DBOf(r), d); err != nil {
 			t.Fatal(err)
 		}
-		exec(t, r.DB(), "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)")
+		exec(t, resource.DBOf(r), "CREATE TABLE accounts (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)")
 		var vals []string
 		for i := 1; i <= accounts; i++ {
 			vals = append(vals, fmt.Sprintf("(%d, 1000)", i))
 		}
-		exec(t, r.DB(), "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ","))
+		exec(t, resource.DBOf(r), "INSERT INTO accounts (id, balance) VALUES "+strings.Join(vals, ","))
 		if err := r.Check(ctx); err != nil {
 			t.Fatalf("Check %s: %v", r.Name(), err)
 		}
@@ -81,7 +81,7 @@ func total(t *testing.T, rs ...resource.Resource) int64 {
 	var sum int64
 	for _, r := range rs {
 		var s int64
-		if err := r.DB().QueryRow("SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&s); err != nil {
+		if err := resource.DBOf(r).QueryRow("SELECT COALESCE(SUM(balance), 0) FROM accounts").Scan(&s); err != nil {
 			t.Fatal(err)
 		}
 		sum += s
@@ -92,7 +92,7 @@ func total(t *testing.T, rs ...resource.Resource) int64 {
 func balance(t *testing.T, r resource.Resource, id int) int64 {
 	t.Helper()
 	var b int64
-	if err := r.DB().QueryRow(fmt.Sprintf("SELECT balance FROM accounts WHERE id = %d", id)).Scan(&b); err != nil {
+	if err := resource.DBOf(r).QueryRow(fmt.Sprintf("SELECT balance FROM accounts WHERE id = %d", id)).Scan(&b); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -125,7 +125,7 @@ func assertClean(t *testing.T, rs ...resource.Resource) {
 			}
 			tombstones[m.GTID] = true
 		}
-		rows, err := r.DB().QueryContext(ctx, "SELECT gtid, branch, state FROM "+resource.MarkerTable+" WHERE branch <> ''")
+		rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT gtid, branch, state FROM "+resource.MarkerTable+" WHERE branch <> ''")
 		if err != nil {
 			t.Fatal(err)
 		}

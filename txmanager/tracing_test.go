@@ -574,13 +574,13 @@ func BenchmarkCommitTracingDB(b *testing.B) {
 		if r.System() == "postgresql" {
 			d = migrations.DialectPostgres
 		}
-		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+		if err := migrations.Up(ctx, resource.DBOf(r), d); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := r.DB().ExecContext(ctx, "CREATE TABLE counters (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"); err != nil {
+		if _, err := resource.DBOf(r).ExecContext(ctx, "CREATE TABLE counters (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := r.DB().ExecContext(ctx, "INSERT INTO counters VALUES (1, 0)"); err != nil {
+		if _, err := resource.DBOf(r).ExecContext(ctx, "INSERT INTO counters VALUES (1, 0)"); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -36,14 +36,14 @@ func migrateAll(ctx context.Context, rs []resource.Resource, printf func(string,
 			return usageErrorf("%v", err)
 		}
 		t0 := time.Now()
-		before, _, err := migrations.Version(ctx, r.DB(), d)
+		before, _, err := migrations.Version(ctx, resource.DBOf(r), d)
 		if err != nil {
 			return failedErrorf("database %q: %v", r.Name(), err)
 		}
-		if err := migrations.Up(ctx, r.DB(), d); err != nil {
+		if err := migrations.Up(ctx, resource.DBOf(r), d); err != nil {
 			return failedErrorf("database %q: %v", r.Name(), err)
 		}
-		v, _, err := migrations.Version(ctx, r.DB(), d)
+		v, _, err := migrations.Version(ctx, resource.DBOf(r), d)
 		if err != nil {
 			return failedErrorf("database %q: %v", r.Name(), err)
 		}

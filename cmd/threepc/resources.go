@@ -46,7 +46,7 @@ func openResources(ctx context.Context, specs []string, o openOpts) ([]resource.
 	var rs []resource.Resource
 	closeAll := func() {
 		for _, r := range rs {
-			_ = r.Close()
+			_ = resource.Close(r)
 		}
 	}
 	for _, p := range ps {
@@ -98,7 +98,7 @@ func hint(err error) string {
 
 func closeResources(rs []resource.Resource) {
 	for _, r := range rs {
-		_ = r.Close()
+		_ = resource.Close(r)
 	}
 }
 
@@ -110,8 +110,8 @@ func closeResources(rs []resource.Resource) {
 func sizePools(rs []resource.Resource, workers int) {
 	n := min(2*workers+4, 90)
 	for _, r := range rs {
-		r.DB().SetMaxOpenConns(n)
-		r.DB().SetMaxIdleConns(n)
+		resource.DBOf(r).SetMaxOpenConns(n)
+		resource.DBOf(r).SetMaxIdleConns(n)
 	}
 }
 

@@ -41,14 +41,14 @@ func runConformance(t *testing.T, cfg Config) {
 			r := open(t, name, srv.NewDatabase(t))
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if err := migrations.Up(ctx, r.DB(), migrations.DialectMySQL); err != nil {
+			if err := migrations.Up(ctx, resource.DBOf(r), migrations.DialectMySQL); err != nil {
 				t.Fatal(err)
 			}
 			return r
 		},
 		NewOnDatabaseOf: func(t *testing.T, r resource.Resource, name string) resource.Resource {
 			var database string
-			if err := r.DB().QueryRowContext(t.Context(), "SELECT DATABASE()").Scan(&database); err != nil {
+			if err := resource.DBOf(r).QueryRowContext(t.Context(), "SELECT DATABASE()").Scan(&database); err != nil {
 				t.Fatal(err)
 			}
 			return open(t, name, database)
@@ -80,7 +80,7 @@ func prepareForeign(t *testing.T, r resource.Resource) func() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	xid := fmt.Sprintf("'foreign%d','other',1", rand.Uint32())
-	conn, err := r.DB().Conn(ctx)
+	conn, err := resource.DBOf(r).Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func prepareForeign(t *testing.T, r resource.Resource) func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		for {
-			_, err := r.DB().ExecContext(ctx, "XA ROLLBACK "+xid)
+			_, err := resource.DBOf(r).ExecContext(ctx, "XA ROLLBACK "+xid)
 			if err == nil {
 				return
 			}
@@ -124,7 +124,7 @@ func rollbackOutside(t *testing.T, r resource.Resource, xid resource.XID) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db := r.DB()
+	db := resource.DBOf(r)
 	var database string
 	if err := db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&database); err != nil {
 		t.Fatal(err)

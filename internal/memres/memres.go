@@ -361,8 +361,6 @@ type res struct {
 
 func (r *res) Name() string   { return r.name }
 func (r *res) System() string { return "memres" }
-func (r *res) DB() *sql.DB    { return nil }
-func (r *res) Close() error   { return nil }
 func (r *res) Check(context.Context) error {
 	return r.p.do(Op{DB: r.name, Kind: "check"}, func(*db, Fault) error { return nil })
 }

@@ -62,17 +62,17 @@ func setup(b *testing.B) pair {
 			if r == resource.Resource(maria) {
 				d = migrations.DialectMySQL
 			}
-			if err := migrations.Up(ctx, r.DB(), d); err != nil {
+			if err := migrations.Up(ctx, resource.DBOf(r), d); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := r.DB().ExecContext(ctx, "CREATE TABLE perf_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)"); err != nil {
+			if _, err := resource.DBOf(r).ExecContext(ctx, "CREATE TABLE perf_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)"); err != nil {
 				b.Fatal(err)
 			}
 			fill := fmt.Sprintf("INSERT INTO perf_accounts SELECT n, 1000 FROM generate_series(1, %d) AS n", accounts)
 			if d == migrations.DialectMySQL {
 				fill = fmt.Sprintf("INSERT INTO perf_accounts SELECT seq, 1000 FROM seq_1_to_%d", accounts)
 			}
-			if _, err := r.DB().ExecContext(ctx, fill); err != nil {
+			if _, err := resource.DBOf(r).ExecContext(ctx, fill); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -127,8 +127,8 @@ func benchTransfer(b *testing.B, v variant, conc int) {
 	}
 	defer maria.Close()
 	for _, r := range []resource.Resource{pg, maria} {
-		r.DB().SetMaxOpenConns(2*conc + 4)
-		r.DB().SetMaxIdleConns(2*conc + 4)
+		resource.DBOf(r).SetMaxOpenConns(2*conc + 4)
+		resource.DBOf(r).SetMaxIdleConns(2*conc + 4)
 	}
 	opts := append([]txmanager.Option{txmanager.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}, v.opts...)
 	m, err := txmanager.New([]resource.Resource{pg, maria}, opts...)

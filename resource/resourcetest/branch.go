@@ -34,7 +34,7 @@ func TestPrepareCommit(t *testing.T, target Target) {
 	closeBranch(t, b) // Close is idempotent.
 	wantRow(t, r, 1, "after Commit")
 	wantCommitted(t, ctx, r, xid, true, "after Commit")
-	if v := QueryInt(t, r.DB(), "SELECT v FROM rt_items WHERE id = 1"); v != 10 {
+	if v := QueryInt(t, resource.DBOf(r), "SELECT v FROM rt_items WHERE id = 1"); v != 10 {
 		t.Errorf("after Commit: v = %d, want 10", v)
 	}
 	wantPrepared(t, ctx, r, "after Commit")
@@ -99,7 +99,7 @@ func TestFailedBranchRefusesPrepare(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_failed")
 	createItems(t, r)
-	MustExec(t, r.DB(), insertSQL(5, 50))
+	MustExec(t, resource.DBOf(r), insertSQL(5, 50))
 
 	for _, tc := range []struct {
 		name, bad string
@@ -129,7 +129,7 @@ func TestFailedBranchRefusesPrepare(t *testing.T, target Target) {
 			closeBranch(t, b)
 			wantPrepared(t, ctx, r, "after Rollback of a failed branch")
 			wantNoRow(t, r, 6, "written by a failed branch")
-			if v := QueryInt(t, r.DB(), "SELECT v FROM rt_items WHERE id = 5"); v != 50 {
+			if v := QueryInt(t, resource.DBOf(r), "SELECT v FROM rt_items WHERE id = 5"); v != 50 {
 				t.Errorf("row 5: v = %d, want 50", v)
 			}
 		})
@@ -143,7 +143,7 @@ func TestReadOnlyBranch(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_readonly")
 	createItems(t, r)
-	MustExec(t, r.DB(), insertSQL(1, 10))
+	MustExec(t, resource.DBOf(r), insertSQL(1, 10))
 
 	for _, finish := range []string{"Close", "Rollback", "Commit"} {
 		t.Run(finish, func(t *testing.T) {

@@ -51,7 +51,7 @@ func registerResource(t *testing.T, r resource.Resource, name string) {
 	}
 	t.Cleanup(func() {
 		FinishAll(t, r)
-		if err := r.Close(); err != nil {
+		if err := resource.Close(r); err != nil {
 			t.Errorf("close resource %s: %v", name, err)
 		}
 	})
@@ -60,7 +60,7 @@ func registerResource(t *testing.T, r resource.Resource, name string) {
 // createItems creates the table every subtest writes to.
 func createItems(t *testing.T, r resource.Resource) {
 	t.Helper()
-	MustExec(t, r.DB(), "CREATE TABLE rt_items (id INT PRIMARY KEY, v INT NOT NULL)")
+	MustExec(t, resource.DBOf(r), "CREATE TABLE rt_items (id INT PRIMARY KEY, v INT NOT NULL)")
 }
 
 func insertSQL(id, v int) string {
@@ -71,7 +71,7 @@ func insertSQL(id, v int) string {
 // connection (outside any branch).
 func rowCount(t *testing.T, r resource.Resource, id int) int64 {
 	t.Helper()
-	return CountRows(t, r.DB(), "rt_items", fmt.Sprintf("id = %d", id))
+	return CountRows(t, resource.DBOf(r), "rt_items", fmt.Sprintf("id = %d", id))
 }
 
 func wantRow(t *testing.T, r resource.Resource, id int, why string) {

@@ -45,7 +45,7 @@ func TestSurvivesServerCrash(t *testing.T, target Target) {
 
 	target.Kill(t)
 	target.Restart(t)
-	WaitReachable(t, r.DB(), time.Minute)
+	WaitReachable(t, resource.DBOf(r), time.Minute)
 
 	wantPrepared(t, ctx, r, "after SIGKILL and restart", commitXID, rollbackXID)
 	got, err := readMarker(ctx, r, marker.GTID)

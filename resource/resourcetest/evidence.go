@@ -24,7 +24,7 @@ func TestEvidence(t *testing.T, target Target) {
 		if reader == nil {
 			t.Fatal("Target.NewOnDatabaseOf returned nil")
 		}
-		t.Cleanup(func() { _ = reader.Close() })
+		t.Cleanup(func() { _ = resource.Close(reader) })
 	}
 
 	t.Run("VisibleExactlyAfterCommit", func(t *testing.T) {

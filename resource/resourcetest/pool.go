@@ -16,7 +16,7 @@ import (
 // insert uncommitted; one in an XA state would fail (MySQL 1399).
 func checkPool(t *testing.T, ctx context.Context, r resource.Resource, firstID int) {
 	t.Helper()
-	db := r.DB()
+	db := resource.DBOf(r)
 	st := db.Stats()
 	if st.InUse != 0 {
 		t.Errorf("after every branch was closed: %d connections still in use, want 0", st.InUse)
@@ -162,7 +162,7 @@ func TestAbandonBlockedBranch(t *testing.T, target Target) {
 	ctx := timeoutContext(t, testTimeout)
 	r := newResource(t, target, "rt_abandon")
 	createItems(t, r)
-	MustExec(t, r.DB(), insertSQL(1, 10))
+	MustExec(t, resource.DBOf(r), insertSQL(1, 10))
 
 	holder := begin(t, ctx, r, NewXID(r))
 	execIn(t, ctx, holder, "UPDATE rt_items SET v = 11 WHERE id = 1")
@@ -205,11 +205,11 @@ func TestAbandonBlockedBranch(t *testing.T, target Target) {
 		t.Fatalf("Commit of the lock holder: %v", err)
 	}
 	closeBranch(t, holder)
-	if v := QueryInt(t, r.DB(), "SELECT v FROM rt_items WHERE id = 1"); v != 11 {
+	if v := QueryInt(t, resource.DBOf(r), "SELECT v FROM rt_items WHERE id = 1"); v != 11 {
 		t.Errorf("v = %d, want 11 (the holder's update)", v)
 	}
 	wantPrepared(t, ctx, r, "after abandoning a blocked branch")
-	if st := r.DB().Stats(); st.InUse != 0 {
+	if st := resource.DBOf(r).Stats(); st.InUse != 0 {
 		t.Errorf("after abandoning a blocked branch: %d connections in use, want 0", st.InUse)
 	}
 }

@@ -56,7 +56,7 @@ func TestValidation(t *testing.T, target Target) {
 			}
 		})
 	}
-	if st := r.DB().Stats(); st.InUse != 0 {
+	if st := resource.DBOf(r).Stats(); st.InUse != 0 {
 		t.Errorf("after refused Begins: %d connections in use, want 0", st.InUse)
 	}
 	wantPrepared(t, ctx, r, "after refused Begins")

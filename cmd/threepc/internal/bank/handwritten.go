@@ -57,7 +57,7 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 		xid := resource.XID{GTID: gtid, Primary: primary, Branch: l.res, Space: w.space}
 		b := &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
 		bs[i] = b
-		conn, err := w.byName[l.res].DB().Conn(wctx)
+		conn, err := resource.DBOf(w.byName[l.res]).Conn(wctx)
 		if err != nil {
 			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
 		}
@@ -125,7 +125,7 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 	}
 	ins := "INSERT INTO " + resource.MarkerTable + " (gtid, state, primary_name, participants, owner, space) VALUES ('" +
 		gtid + "', 'precommit', '" + primary + "', '" + resource.JoinParticipants(participants) + "', 'handwritten2pc', '" + w.space + "')"
-	if _, err := w.byName[primary].DB().ExecContext(wctx, ins); err != nil {
+	if _, err := resource.DBOf(w.byName[primary]).ExecContext(wctx, ins); err != nil {
 		// A hand-written baseline does not re-read an unknown outcome;
 		// the prepared branches are left to recovery in that case.
 		if isConnErr(err) {
@@ -303,7 +303,7 @@ func (c *hwCleaner) flush(batch []hwCleanup) {
 	for primary, lits := range byPrimary {
 		tomb := "UPDATE " + resource.MarkerTable + " SET state = '" + string(resource.StateCommitted) + "' WHERE branch = '' AND state = '" +
 			string(resource.StatePreCommit) + "' AND gtid IN (" + strings.Join(lits, ", ") + ")"
-		if _, err := w.byName[primary].DB().ExecContext(ctx, tomb); err != nil {
+		if _, err := resource.DBOf(w.byName[primary]).ExecContext(ctx, tomb); err != nil {
 			continue // recovery settles them
 		}
 		for _, j := range batch {
@@ -323,7 +323,7 @@ func (c *hwCleaner) flush(batch []hwCleanup) {
 	}
 	for other, lits := range byOther {
 		del := "DELETE FROM " + resource.MarkerTable + " WHERE gtid IN (" + strings.Join(lits, ", ") + ")"
-		_, _ = w.byName[other].DB().ExecContext(ctx, del)
+		_, _ = resource.DBOf(w.byName[other]).ExecContext(ctx, del)
 	}
 }
 

@@ -211,7 +211,7 @@ func (rec *outcomeRecorder) insert(rows []outcomeRow) error {
 				cols[k] = append(cols[k], v)
 			}
 		}
-		_, err := rec.r.DB().ExecContext(ctx, "INSERT INTO "+OutcomeTable+" (transfer, outcome, participants, protocol, detail) "+
+		_, err := resource.DBOf(rec.r).ExecContext(ctx, "INSERT INTO "+OutcomeTable+" (transfer, outcome, participants, protocol, detail) "+
 			"SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])", cols[0], cols[1], cols[2], cols[3], cols[4])
 		return err
 	}
@@ -232,7 +232,7 @@ func (rec *outcomeRecorder) insert(rows []outcomeRow) error {
 		b.WriteByte(')')
 		args = append(args, o.transfer, o.outcome, o.participants, o.protocol, o.detail)
 	}
-	_, err := rec.r.DB().ExecContext(ctx, b.String(), args...)
+	_, err := resource.DBOf(rec.r).ExecContext(ctx, b.String(), args...)
 	return err
 }
 
@@ -332,7 +332,7 @@ func CheckLedger(ctx context.Context, rs []resource.Resource, inDoubt func(id st
 		known[r.Name()] = true
 	}
 	for _, r := range rs {
-		rows, err := r.DB().QueryContext(ctx, "SELECT transfer, delta, participants, protocol FROM "+LedgerTable)
+		rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT transfer, delta, participants, protocol FROM "+LedgerTable)
 		if err != nil {
 			return nil, fmt.Errorf("threepc/bank: %s: reading %s: %w", r.Name(), LedgerTable, err)
 		}
@@ -357,7 +357,7 @@ func CheckLedger(ctx context.Context, rs []resource.Resource, inDoubt func(id st
 		}
 	}
 	for _, r := range rs {
-		rows, err := r.DB().QueryContext(ctx, "SELECT transfer, outcome, participants, protocol, detail FROM "+OutcomeTable)
+		rows, err := resource.DBOf(r).QueryContext(ctx, "SELECT transfer, outcome, participants, protocol, detail FROM "+OutcomeTable)
 		if err != nil {
 			return nil, fmt.Errorf("threepc/bank: %s: reading %s: %w", r.Name(), OutcomeTable, err)
 		}

@@ -63,7 +63,7 @@ type State struct {
 // tables are missing or the meta rows absent.
 func Read(ctx context.Context, r resource.Resource) (State, error) {
 	st := State{Resource: r.Name()}
-	db := r.DB()
+	db := resource.DBOf(r)
 	exists, err := tableExists(ctx, r, MetaTable)
 	if err != nil {
 		return st, err
@@ -121,7 +121,7 @@ func SetUpAlready(ctx context.Context, r resource.Resource) (bool, error) {
 		return false, err
 	}
 	var n int64
-	if err := r.DB().QueryRowContext(ctx, "SELECT COUNT(*) FROM "+MetaTable).Scan(&n); err != nil {
+	if err := resource.DBOf(r).QueryRowContext(ctx, "SELECT COUNT(*) FROM "+MetaTable).Scan(&n); err != nil {
 		return false, fmt.Errorf("threepc/bank: %s: %w", r.Name(), err)
 	}
 	return n > 0, nil
@@ -135,7 +135,7 @@ func tableExists(ctx context.Context, r resource.Resource, table string) (bool, 
 		q = "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '" + table + "'"
 	}
 	var n int
-	if err := r.DB().QueryRowContext(ctx, q).Scan(&n); err != nil {
+	if err := resource.DBOf(r).QueryRowContext(ctx, q).Scan(&n); err != nil {
 		return false, fmt.Errorf("threepc/bank: %s: looking for %s: %w", r.Name(), table, err)
 	}
 	return n > 0, nil
@@ -148,7 +148,7 @@ func Setup(ctx context.Context, r resource.Resource, accounts int) error {
 	if accounts <= 0 {
 		return fmt.Errorf("threepc/bank: accounts must be positive, got %d", accounts)
 	}
-	db := r.DB()
+	db := resource.DBOf(r)
 	ddl := []string{
 		"CREATE TABLE IF NOT EXISTS " + AccountsTable + " (id BIGINT PRIMARY KEY, balance BIGINT NOT NULL)",
 		"CREATE TABLE IF NOT EXISTS " + MetaTable + " (name VARCHAR(64) PRIMARY KEY, value BIGINT NOT NULL)",

@@ -141,10 +141,10 @@ func New(ctx context.Context, cfg Config) (*Workload, error) {
 		if Dialect(r) == "mysql" {
 			// Two statements in one query need the driver's
 			// multiStatements; without it the leg takes two round trips.
-			_, err := r.DB().ExecContext(ctx, "DO 1; DO 1")
+			_, err := resource.DBOf(r).ExecContext(ctx, "DO 1; DO 1")
 			w.multi[r.Name()] = err == nil
 			var schema sql.NullString
-			if err := r.DB().QueryRowContext(ctx, "SELECT DATABASE()").Scan(&schema); err != nil || !schema.Valid {
+			if err := resource.DBOf(r).QueryRowContext(ctx, "SELECT DATABASE()").Scan(&schema); err != nil || !schema.Valid {
 				return nil, fmt.Errorf("threepc/bank: %s: reading the database name: %v", r.Name(), err)
 			}
 			w.dbTag[r.Name()] = resource.DatabaseTag(schema.String)
@@ -330,7 +330,7 @@ func (w *Workload) local(ctx context.Context, t transfer) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
 	for i, l := range t.legs {
-		db := w.byName[l.res].DB()
+		db := resource.DBOf(w.byName[l.res])
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return localErr(l.res, err)
