@@ -50,7 +50,7 @@ func (tx *Tx) Commit(ctx context.Context) (err error) {
 	// point.
 	var last *branch
 	voters := branches
-	if m.opts.lastResource && branches[0].b.CanCommitWithMarker() {
+	if m.opts.lastResource && branches[0].branch.CanCommitWithMarker() {
 		last, voters = branches[0], branches[1:]
 	}
 	live, err := tx.vote(ctx, branches, voters)
@@ -107,7 +107,7 @@ func (tx *Tx) vote(ctx context.Context, branches, voters []*branch) ([]*branch, 
 		if err := m.failpoint(prepCtx, BeforePrepare, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		vote, err := b.b.Prepare(prepCtx)
+		vote, err := b.branch.Prepare(prepCtx)
 		if err != nil {
 			return tx.stmtError(err)
 		}
@@ -211,7 +211,7 @@ func (tx *Tx) commitOnePhase(ctx context.Context, b *branch) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.opts.commitTimeout)
 	defer cancel()
 	octx, phase := tx.tel.Phase(cctx, resource.PhaseCommitOnePhase)
-	err := b.b.CommitOnePhase(octx)
+	err := b.branch.CommitOnePhase(octx)
 	phase.End(err)
 	switch {
 	case err == nil:

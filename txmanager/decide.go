@@ -79,7 +79,7 @@ func (tx *Tx) decideLast(ctx context.Context, marker resource.Marker, last *bran
 		return err
 	}
 	ictx, cancel := context.WithDeadline(context.WithoutCancel(ctx), time.Now().Add(decisionDeadline.Sub(m.opts.clock.Now())))
-	err := last.b.CommitWithMarker(ictx, marker)
+	err := last.branch.CommitWithMarker(ictx, marker)
 	cancel()
 	switch {
 	case err == nil:

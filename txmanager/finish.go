@@ -65,7 +65,7 @@ func (tx *Tx) commitAll(ctx context.Context, live []*branch) error {
 func (tx *Tx) commitBranch(ctx context.Context, b *branch) error {
 	m := tx.m
 	giveUp := m.opts.clock.Now().Add(m.opts.commitTimeout)
-	err := b.b.Unwrap().Commit(ctx)
+	err := b.branch.Unwrap().Commit(ctx)
 	for attempt := 1; err != nil; attempt++ {
 		if errors.Is(err, resource.ErrHeuristic) {
 			// A scan may have committed the branch and settled the
@@ -182,7 +182,7 @@ func (tx *Tx) rollbackAll(ctx context.Context, branches []*branch) error {
 		if err := m.failpoint(rctx, BeforeRollback, tx.gtid, b.xid.Branch); err != nil {
 			return err
 		}
-		err := b.b.Rollback(rctx)
+		err := b.branch.Rollback(rctx)
 		if err != nil && b.prepared && !errors.Is(err, resource.ErrUnknownBranch) {
 			err = b.res.RollbackPrepared(rctx, b.xid)
 		}
@@ -202,7 +202,7 @@ func (tx *Tx) closeBranch(b *branch) {
 	b.closed = true
 	tx.mu.Unlock()
 	if !closed {
-		_ = b.b.Close()
+		_ = b.branch.Close()
 	}
 }
 

@@ -44,7 +44,7 @@ type stmtFailure struct {
 // branch is the coordinator's record of one enlisted branch.
 type branch struct {
 	res      *telemetry.Resource // the coordinator's view of the resource: calls are spans
-	b        telemetry.Branch    // the driver's branch, its protocol calls spans
+	branch   telemetry.Branch    // the driver's branch, its protocol calls spans
 	xid      resource.XID
 	prepared bool // voted VotePrepared
 	readOnly bool // voted VoteReadOnly: finished, leaves the protocol
@@ -87,7 +87,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 		return nil, ErrTxDone
 	}
 	if b, ok := tx.branches[name]; ok {
-		return b.b.Unwrap(), nil
+		return b.branch.Unwrap(), nil
 	}
 	r, ok := tx.m.res[name]
 	if !ok {
@@ -107,7 +107,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	}
 	tx.primary = primary
 	// The driver may complete the id (MySQL records the session in it).
-	b := &branch{res: r, b: tb, xid: tb.XID()}
+	b := &branch{res: r, branch: tb, xid: tb.XID()}
 	tx.branches[name] = b
 	tx.order = append(tx.order, b)
 	return tb.Unwrap(), nil
