@@ -75,6 +75,20 @@ type Report struct {
 	// Foreign counts the prepared branches of other namespaces seen and
 	// left alone.
 	Foreign int
+	// OtherPrepared is, per resource that can list its server's prepared
+	// transactions (resource.ServerPreparedLister, both drivers), those of
+	// other software, which recovery never touches: forgotten, they hold
+	// their locks and, on PostgreSQL, hold back VACUUM server-wide.
+	OtherPrepared map[string]OtherPrepared
+}
+
+// OtherPrepared counts the prepared transactions on a resource's server
+// that are not threepc's.
+type OtherPrepared struct {
+	Count int
+	// Oldest is the age of the oldest, where the server records when it
+	// prepared them (PostgreSQL); 0 on MySQL and MariaDB.
+	Oldest time.Duration
 }
 
 // InDoubt returns the transactions that still need work: in doubt,

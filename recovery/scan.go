@@ -128,8 +128,48 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	for i := range rep.Transactions {
 		s.log(&rep.Transactions[i], dry)
 	}
+	rep.OtherPrepared = s.otherPrepared(ctx, names, rep.Unreachable)
 	rep.Duration = s.opts.clock.Now().Sub(rep.Started)
 	return rep, nil
+}
+
+// otherPrepared lists, after the scan's own work and with what is left of
+// its deadline, the other software's prepared transactions on the server
+// of every reachable resource that can list them
+// (resource.ServerPreparedLister). Nothing acts on them; a resource whose
+// listing fails is left out.
+func (s *Scanner) otherPrepared(ctx context.Context, names []string, unreachable map[string]error) map[string]OtherPrepared {
+	out := make([]*OtherPrepared, len(names))
+	now := s.opts.clock.Now()
+	s.each(len(names), func(i int) {
+		l, ok := s.res[names[i]].Unwrap().(resource.ServerPreparedLister)
+		if !ok || unreachable[names[i]] != nil {
+			return
+		}
+		ps, err := l.ListServerPrepared(ctx)
+		if err != nil {
+			s.opts.logger.Info("threepc/recovery: the server's prepared transactions not listed", "resource", names[i], "err", err)
+			return
+		}
+		o := &OtherPrepared{}
+		for _, p := range ps {
+			if p.Ours {
+				continue
+			}
+			o.Count++
+			if !p.PreparedAt.IsZero() {
+				o.Oldest = max(o.Oldest, now.Sub(p.PreparedAt))
+			}
+		}
+		out[i] = o
+	})
+	m := map[string]OtherPrepared{}
+	for i, o := range out {
+		if o != nil {
+			m[names[i]] = *o
+		}
+	}
+	return m
 }
 
 func (s *Scanner) log(t *TxReport, dry bool) {

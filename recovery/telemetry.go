@@ -73,6 +73,10 @@ func (s *Scanner) scanResult(rep *Report, err error) telemetry.ScanResult {
 			r.PerResource = append(r.PerResource, *p)
 		}
 	}
+	for _, n := range slices.Sorted(maps.Keys(rep.OtherPrepared)) {
+		o := rep.OtherPrepared[n]
+		r.OtherPrepared = append(r.OtherPrepared, telemetry.ResourceInDoubt{Resource: n, Count: o.Count, Oldest: o.Oldest})
+	}
 	return r
 }
 

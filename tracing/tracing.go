@@ -71,6 +71,8 @@
 //	threepc.recovery.actions      counter   {threepc.recovery.action} (not counted by dry runs)
 //	threepc.indoubt.transactions  gauge     {threepc.resource}, set by every scan
 //	threepc.indoubt.oldest_age    gauge     s {threepc.resource}, set by every scan
+//	threepc.prepared.other.transactions  gauge  {threepc.resource}: other software's prepared transactions on the server
+//	threepc.prepared.other.oldest_age    gauge  s {threepc.resource}: the oldest of them (PostgreSQL; 0 on MySQL, MariaDB)
 package tracing
 
 import "go.opentelemetry.io/otel/attribute"

@@ -21,6 +21,8 @@ type Scanner struct {
 	actions metric.Int64Counter
 	inDoubt metric.Int64Gauge
 	oldest  metric.Float64Gauge
+	other   metric.Int64Gauge
+	otherAt metric.Float64Gauge
 }
 
 // NewScanner returns the instrumentation of a recovery scanner. Nil
@@ -53,6 +55,18 @@ func NewScanner(tp trace.TracerProvider, mp metric.MeterProvider) *Scanner {
 		metric.WithUnit("s")); err != nil {
 		otel.Handle(err)
 		s.oldest = noop.Float64Gauge{}
+	}
+	if s.other, err = meter.Int64Gauge("threepc.prepared.other.transactions",
+		metric.WithDescription("Prepared transactions of other software on the resource's server, which recovery leaves alone: forgotten, they hold locks and, on PostgreSQL, hold back VACUUM."),
+		metric.WithUnit("{transaction}")); err != nil {
+		otel.Handle(err)
+		s.other = noop.Int64Gauge{}
+	}
+	if s.otherAt, err = meter.Float64Gauge("threepc.prepared.other.oldest_age",
+		metric.WithDescription("Age of the oldest prepared transaction of other software on the resource's server (PostgreSQL; 0 where the server records no time, and when none)."),
+		metric.WithUnit("s")); err != nil {
+		otel.Handle(err)
+		s.otherAt = noop.Float64Gauge{}
 	}
 	return s
 }
@@ -92,7 +106,10 @@ type ScanResult struct {
 	// PerResource feeds the in-doubt gauges. Resources that could not be
 	// scanned are left out: their gauges keep the last value seen.
 	PerResource []ResourceInDoubt
-	Err         error // the scan could not run
+	// OtherPrepared feeds the gauges of other software's prepared
+	// transactions, for the resources that could list them.
+	OtherPrepared []ResourceInDoubt
+	Err           error // the scan could not run
 }
 
 // End ends the scan's span and records the scan's metrics.
@@ -114,6 +131,11 @@ func (sp ScanSpan) End(r ScanResult) {
 		attrs := metric.WithAttributes(tracing.KeyResource.String(pr.Resource))
 		s.inDoubt.Record(ctx, int64(pr.Count), attrs)
 		s.oldest.Record(ctx, pr.Oldest.Seconds(), attrs)
+	}
+	for _, pr := range r.OtherPrepared {
+		attrs := metric.WithAttributes(tracing.KeyResource.String(pr.Resource))
+		s.other.Record(ctx, int64(pr.Count), attrs)
+		s.otherAt.Record(ctx, pr.Oldest.Seconds(), attrs)
 	}
 	if sp.span == nil {
 		return
