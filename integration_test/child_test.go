@@ -92,8 +92,15 @@ func TestHelperCoordinator(t *testing.T) {
 	var arrived atomic.Int32
 	allThere := make(chan struct{})
 	var seen atomic.Int32
+	// Once the kill is under way, every other goroutine stops at its next
+	// failpoint, as in a real crash: the signal takes a moment to land, and
+	// a parallel branch must not get its rollback or commit out meanwhile.
+	var crashing atomic.Bool
 	refuse := os.Getenv(envRefuse)
 	hook := func(ctx context.Context, fp txmanager.Failpoint, gtid, res string) error {
+		if crashing.Load() {
+			select {}
+		}
 		if fp == txmanager.AfterPrepare && res == refuse {
 			return errInjected
 		}
@@ -106,12 +113,18 @@ func TestHelperCoordinator(t *testing.T) {
 			case <-time.After(5 * time.Second):
 			}
 		}
-		if fp == target && (txs == 1 || strings.Contains(gtid, ",")) && int(seen.Add(1)) == k {
-			if fp == txmanager.AfterBatch {
-				fmt.Printf("batch=%s\n", gtid)
+		if fp == target && (txs == 1 || strings.Contains(gtid, ",")) {
+			switch n := int(seen.Add(1)); {
+			case n == k:
+				if fp == txmanager.AfterBatch {
+					fmt.Printf("batch=%s\n", gtid)
+				}
+				crashing.Store(true)
+				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				select {} // SIGKILL cannot be caught; wait for it to land
+			case n > k:
+				select {} // behind the kill, whatever crashing said a moment ago
 			}
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // SIGKILL cannot be caught; wait for it to land
 		}
 		return nil
 	}
