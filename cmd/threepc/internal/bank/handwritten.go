@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/threepc/threepc/resource"
 	"github.com/threepc/threepc/txmanager"
 )
@@ -21,6 +23,10 @@ type hwBranch struct {
 	id       string // PostgreSQL gid literal, or MySQL xid literal
 	conn     *sql.Conn
 	prepared bool
+	// voting: the prepare was sent; without prepared its outcome is
+	// unknown (a timeout, a broken connection), and the abort must
+	// roll back by id too.
+	voting bool
 }
 
 // handwritten is the two-phase commit sequence written by hand with
@@ -84,6 +90,7 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 	}
 	// Prepare, in parallel.
 	errs := parallel(bs, func(b *hwBranch) error {
+		b.voting = true
 		if b.pg {
 			// The work statement succeeded, so the transaction is not in
 			// the failed state that turns PREPARE into a silent ROLLBACK.
@@ -192,6 +199,16 @@ func (w *Workload) hwAbort(ctx context.Context, gtid string, bs []*hwBranch, cul
 			// Never hand a connection in a transaction or XA state back to
 			// the pool; a prepared branch left behind is recovery's.
 			w.discard(b.conn)
+		}
+		if b.pg && b.voting && !b.prepared {
+			// The PREPARE's outcome is unknown: the branch may be
+			// prepared, detached from the session. By id, from the pool;
+			// "does not exist" (42704) means it was not.
+			_, err = resource.DBOf(w.byName[b.l.res]).ExecContext(rctx, "ROLLBACK PREPARED "+b.id)
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "42704" {
+				err = nil
+			}
 		}
 		return err
 	})
