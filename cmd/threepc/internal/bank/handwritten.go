@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -320,7 +321,8 @@ func (c *hwCleaner) flush(batch []hwCleanup) {
 	for primary, lits := range byPrimary {
 		tomb := "UPDATE " + resource.MarkerTable + " SET state = '" + string(resource.StateCommitted) + "' WHERE branch = '' AND state = '" +
 			string(resource.StatePreCommit) + "' AND gtid IN (" + strings.Join(lits, ", ") + ")"
-		if _, err := resource.DBOf(w.byName[primary]).ExecContext(ctx, tomb); err != nil {
+		if err := c.exec(ctx, primary, tomb); err != nil {
+			w.cfg.Logger.Info("threepc/bank: hand-written clean-up left to recovery", "resource", primary, "transactions", len(lits), "err", err)
 			continue // recovery settles them
 		}
 		for _, j := range batch {
@@ -340,8 +342,30 @@ func (c *hwCleaner) flush(batch []hwCleanup) {
 	}
 	for other, lits := range byOther {
 		del := "DELETE FROM " + resource.MarkerTable + " WHERE gtid IN (" + strings.Join(lits, ", ") + ")"
-		_, _ = resource.DBOf(w.byName[other]).ExecContext(ctx, del)
+		if err := c.exec(ctx, other, del); err != nil {
+			w.cfg.Logger.Info("threepc/bank: hand-written clean-up left to recovery", "resource", other, "transactions", len(lits), "err", err)
+		}
 	}
+}
+
+// exec runs a clean-up statement at res, retrying a failure twice (a
+// broken pooled connection, a lock wait cut short) before leaving the
+// rows to recovery.
+func (c *hwCleaner) exec(ctx context.Context, res, q string) error {
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+				return errors.Join(err, ctx.Err())
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+			}
+		}
+		if _, err = resource.DBOf(c.w.byName[res]).ExecContext(ctx, q); err == nil {
+			return nil
+		}
+	}
+	return err
 }
 
 // close settles what is queued.
