@@ -168,6 +168,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		timeout     time.Duration
 		asJSON      bool
 		parts       string
+		rounds      int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -196,6 +197,12 @@ e.g. 3pc+nollr+nobatch+noasync for the plain protocol:
 
 --participants 2,3,5,8 runs transfers over that many databases (give at
 least as many with --db; scripts/benchservers makes eight).
+
+--rounds 3 measures every cell three times, each round with the protocols
+in another rotation of the order given, and reports per cell the median
+throughput, p50, p99 and allocations, and the summed counts: cells run
+one after another, and the tables and the servers' background work grow
+during a run, so a fixed order favours the first protocol.
 
 Every transfer writes the bank's ledger (see bank check), and bench prints
 the aborted (by the transaction timeout) and in-doubt counts per cell.
@@ -232,6 +239,9 @@ handwritten2pc.`,
 			}
 			if duration <= 0 {
 				return usageErrorf("--duration must be positive")
+			}
+			if rounds < 1 || rounds > 9 {
+				return usageErrorf("--rounds: %d is not a number from 1 to 9", rounds)
 			}
 			if warmup < 0 {
 				warmup = min(duration/5, time.Second)
@@ -292,39 +302,50 @@ handwritten2pc.`,
 			res.HeapStartBytes = heap0.HeapAlloc
 			var bar *progressbar.ProgressBar
 			if stderrIsTTY {
-				bar = progressbar.NewOptions(len(ns)*len(ps)*len(cs), progressbar.OptionSetWriter(os.Stderr),
+				bar = progressbar.NewOptions(rounds*len(ns)*len(ps)*len(cs), progressbar.OptionSetWriter(os.Stderr),
 					progressbar.OptionSetWidth(30), progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
 			}
+			var measured []benchCell
 			for _, n := range ns {
 				for _, c := range cs {
-					for _, p := range ps {
-						if bar != nil {
-							bar.Describe(fmt.Sprintf("%s n=%d c=%d", p.name, n, c))
-						}
-						w := ws[cellKey(p.name, n)]
-						if warmup > 0 {
-							w.Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
-						}
-						if len(res.Cells) == 0 {
-							runtime.GC()
-							var mw runtime.MemStats
-							runtime.ReadMemStats(&mw)
-							res.HeapWarmBytes = mw.HeapAlloc
-						}
-						cell, ok := measureCell(ctx, w, c, duration)
-						if !ok {
-							return failedErrorf("interrupted")
-						}
-						cell.Protocol, cell.Participants = p.name, n
-						res.Cells = append(res.Cells, cell)
-						if bar != nil {
-							_ = bar.Add(1)
+					for r := range rounds {
+						for i := range ps {
+							p := ps[(i+r)%len(ps)]
+							if bar != nil {
+								bar.Describe(fmt.Sprintf("%s n=%d c=%d", p.name, n, c))
+							}
+							w := ws[cellKey(p.name, n)]
+							if warmup > 0 {
+								w.Run(ctx, bank.RunOptions{Workers: c, Duration: warmup})
+							}
+							if len(measured) == 0 {
+								runtime.GC()
+								var mw runtime.MemStats
+								runtime.ReadMemStats(&mw)
+								res.HeapWarmBytes = mw.HeapAlloc
+							}
+							cell, ok := measureCell(ctx, w, c, duration)
+							if !ok {
+								return failedErrorf("interrupted")
+							}
+							cell.Protocol, cell.Participants = p.name, n
+							measured = append(measured, cell)
+							if bar != nil {
+								_ = bar.Add(1)
+							}
 						}
 					}
 				}
 			}
 			if bar != nil {
 				_ = bar.Finish()
+			}
+			for _, n := range ns {
+				for _, c := range cs {
+					for _, p := range ps {
+						res.Cells = append(res.Cells, medianCell(measured, p.name, n, c))
+					}
+				}
 			}
 			if err := closeWorkloads(); err != nil {
 				return failedErrorf("%v", err)
@@ -355,6 +376,7 @@ handwritten2pc.`,
 	}
 	cmd.Flags().StringVar(&protocols, "protocols", "local,handwritten2pc,2pc,3pc", "comma-separated: local, handwritten2pc, 2pc, 3pc, with +nollr, +nobatch, +noasync, +ro options on 2pc and 3pc")
 	cmd.Flags().StringVar(&concurrency, "concurrency", "1,16,64", "comma-separated numbers of concurrent transfers")
+	cmd.Flags().IntVar(&rounds, "rounds", 1, "measure every cell this many times, rotating the protocols' order, and report medians")
 	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "measured time per cell")
 	cmd.Flags().DurationVar(&warmup, "warmup", -1, "unmeasured time before each cell")
 	cmd.Flags().Lookup("warmup").DefValue = "duration/5, at most 1s" // for --help, instead of the sentinel -1ns
@@ -392,6 +414,46 @@ func measureCell(ctx context.Context, w *bank.Workload, c int, d time.Duration) 
 		AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
 		HeapBytes: mh.HeapAlloc,
 	}, true
+}
+
+// medianCell merges the rounds of one cell: the median of each rate and
+// latency, the sum of each count.
+func medianCell(cells []benchCell, protocol string, n, c int) benchCell {
+	var rs []benchCell
+	for _, x := range cells {
+		if x.Protocol == protocol && x.Participants == n && x.Concurrency == c {
+			rs = append(rs, x)
+		}
+	}
+	median := func(f func(benchCell) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, x := range rs {
+			v[i] = f(x)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	out := benchCell{Protocol: protocol, Participants: n, Concurrency: c}
+	for _, x := range rs {
+		out.Seconds += x.Seconds
+		out.Committed += x.Committed
+		out.Aborted += x.Aborted
+		out.TimedOut += x.TimedOut
+		out.InDoubt += x.InDoubt
+		out.CommitPending += x.CommitPending
+		out.Heuristic += x.Heuristic
+		out.Failed += x.Failed
+		out.HeapBytes = x.HeapBytes // the last round's
+	}
+	out.TxPerSec = median(func(x benchCell) float64 { return x.TxPerSec })
+	out.P50Ms = median(func(x benchCell) float64 { return x.P50Ms })
+	out.P99Ms = median(func(x benchCell) float64 { return x.P99Ms })
+	out.AllocsPerTx = median(func(x benchCell) float64 { return x.AllocsPerTx })
+	out.BytesPerTx = median(func(x benchCell) float64 { return x.BytesPerTx })
+	return out
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

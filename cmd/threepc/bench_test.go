@@ -35,3 +35,22 @@ func TestParseBenchVariant(t *testing.T) {
 		t.Errorf("withMySQLParams = %v, want %v", got, want)
 	}
 }
+
+func TestMedianCell(t *testing.T) {
+	cells := []benchCell{
+		{Protocol: "3pc", Participants: 2, Concurrency: 1, Seconds: 1, Committed: 10, TxPerSec: 300, P50Ms: 3, P99Ms: 9, AllocsPerTx: 200},
+		{Protocol: "3pc", Participants: 2, Concurrency: 1, Seconds: 1, Committed: 20, TxPerSec: 100, P50Ms: 1, P99Ms: 7, AllocsPerTx: 220},
+		{Protocol: "2pc", Participants: 2, Concurrency: 1, Seconds: 1, Committed: 99, TxPerSec: 999, P50Ms: 9},
+		{Protocol: "3pc", Participants: 2, Concurrency: 1, Seconds: 1, Committed: 30, TxPerSec: 200, P50Ms: 2, P99Ms: 8, AllocsPerTx: 210, Aborted: 1},
+		{Protocol: "3pc", Participants: 2, Concurrency: 16, Seconds: 1, Committed: 99, TxPerSec: 999},
+	}
+	got := medianCell(cells, "3pc", 2, 1)
+	want := benchCell{Protocol: "3pc", Participants: 2, Concurrency: 1, Seconds: 3, Committed: 60, Aborted: 1,
+		TxPerSec: 200, P50Ms: 2, P99Ms: 8, AllocsPerTx: 210}
+	if got != want {
+		t.Errorf("medianCell = %+v\nwant %+v", got, want)
+	}
+	if got := medianCell(cells[:2], "3pc", 2, 1); got.TxPerSec != 200 || got.P50Ms != 2 {
+		t.Errorf("median of two = %v tx/s, p50 %v ms; want the means 200, 2", got.TxPerSec, got.P50Ms)
+	}
+}

@@ -449,6 +449,24 @@ func TestBench(t *testing.T) {
 	r = cli(t, d.args("bench", "--protocols", "2pc+ro", "--concurrency", "1", "--duration", "100ms")...)
 	want(t, r, 0, "PROTOCOL", "TX/S", "ABORTED (TIMEOUT)", "IN DOUBT", "HEURISTIC", "2pc+ro", "heap after GC")
 	t.Logf("bench:\n%s\n%s", r.stdout, r.stderr)
+	// Rounds: one cell per protocol and concurrency, its counts summed
+	// over the rounds.
+	r = cli(t, d.args("bench", "--protocols", "handwritten2pc,3pc", "--concurrency", "1", "--duration", "100ms", "--rounds", "3", "--json")...)
+	want(t, r, 0)
+	res = benchResult{}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("bench --rounds --json: %v\n%s", err, r)
+	}
+	if len(res.Cells) != 2 {
+		t.Fatalf("bench --rounds 3: %d cells, want 2\n%s", len(res.Cells), r)
+	}
+	for _, c := range res.Cells {
+		checkCell(t, c)
+		if c.Seconds < 0.3 {
+			t.Errorf("%s: %.2f s measured, want three rounds of 100 ms", c.Protocol, c.Seconds)
+		}
+	}
+	wantUsage(t, cli(t, d.args("bench", "--rounds", "0")...), "--rounds")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+fast")...), "unknown option")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+attached")...), "unknown option")
