@@ -389,17 +389,13 @@ func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]r
 	if v.system != "mariadb" {
 		return nil, fmt.Errorf("threepc/mysql: batched marker inserts need MariaDB's INSERT ... RETURNING: %w", resource.ErrUnsupported)
 	}
-	at := make(map[string]int, len(ms))
+	at, err := resource.IndexBatch(ms)
+	if err != nil {
+		return nil, fmt.Errorf("threepc/mysql: insert markers: %w", err)
+	}
 	var sb strings.Builder
 	sb.WriteString(markerInsert)
 	for i, m := range ms {
-		if err := m.Validate(); err != nil {
-			return nil, fmt.Errorf("threepc/mysql: %w", err)
-		}
-		if _, dup := at[m.GTID]; dup {
-			return nil, fmt.Errorf("threepc/mysql: insert markers: gtid %s twice in one batch", m.GTID)
-		}
-		at[m.GTID] = i
 		if i > 0 {
 			sb.WriteString(", ")
 		}
@@ -411,18 +407,8 @@ func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]r
 	if err != nil {
 		return nil, r.markerError(what, err)
 	}
-	defer rows.Close()
-	states := make([]resource.MarkerState, len(ms))
-	for rows.Next() {
-		var gtid, state string
-		if err := rows.Scan(&gtid, &state); err != nil {
-			return nil, r.markerError(what, err)
-		}
-		if i, ok := at[gtid]; ok {
-			states[i] = resource.MarkerState(state)
-		}
-	}
-	if err := rows.Err(); err != nil {
+	states, err := resource.ScanBatchStates(rows, at)
+	if err != nil {
 		return nil, r.markerError(what, err)
 	}
 	for i, s := range states {

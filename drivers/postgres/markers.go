@@ -296,15 +296,11 @@ func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]r
 	for i := range cols {
 		cols[i] = make([]string, len(ms))
 	}
-	at := make(map[string]int, len(ms))
+	at, err := resource.IndexBatch(ms)
+	if err != nil {
+		return nil, fmt.Errorf("threepc/postgres: insert markers: %w", err)
+	}
 	for i, m := range ms {
-		if err := m.Validate(); err != nil {
-			return nil, fmt.Errorf("threepc/postgres: insert markers: %w", err)
-		}
-		if _, dup := at[m.GTID]; dup {
-			return nil, fmt.Errorf("threepc/postgres: insert markers: gtid %s twice in one batch", m.GTID)
-		}
-		at[m.GTID] = i
 		cols[0][i], cols[1][i], cols[2][i] = m.GTID, string(m.State), m.Primary
 		cols[3][i], cols[4][i], cols[5][i] = resource.JoinParticipants(m.Participants), m.Owner, m.Space
 	}
@@ -313,18 +309,8 @@ func (r *Resource) InsertMarkers(ctx context.Context, ms []resource.Marker) ([]r
 	if err != nil {
 		return nil, r.markerError(what, err)
 	}
-	defer rows.Close()
-	states := make([]resource.MarkerState, len(ms))
-	for rows.Next() {
-		var gtid, state string
-		if err := rows.Scan(&gtid, &state); err != nil {
-			return nil, r.markerError(what, err)
-		}
-		if i, ok := at[gtid]; ok {
-			states[i] = resource.MarkerState(state)
-		}
-	}
-	if err := rows.Err(); err != nil {
+	states, err := resource.ScanBatchStates(rows, at)
+	if err != nil {
 		return nil, r.markerError(what, err)
 	}
 	for i, s := range states {
