@@ -86,11 +86,18 @@ func crashCasesLastResource(protocol txmanager.Protocol, n int) []crashCase {
 		crashCase{fp: txmanager.BeforeDecide, k: 1, minPrepared: n - 1},
 		crashCase{fp: txmanager.AfterDecide, k: 1, commit: true, minPrepared: n - 1, minMarkers: 1})
 	if protocol == txmanager.ThreePC {
+		// With one branch besides the primary, its precommit row and its
+		// commit go out together: by the crash after the row, the commit
+		// may have landed too.
+		minPrepared := n - 1
+		if n == 2 {
+			minPrepared = 0
+		}
 		for k := 1; k < n; k++ {
-			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: n - 1, minMarkers: 1 + k})
+			cs = append(cs, crashCase{fp: txmanager.AfterPreCommit, k: k, commit: true, minPrepared: minPrepared, minMarkers: 1 + k})
 			// The decision is in the primary's commit: the batches are
 			// the pre-commit rows'.
-			cs = append(cs, crashCase{fp: txmanager.AfterBatch, k: k, commit: true, minPrepared: n - 1, minMarkers: 1 + k})
+			cs = append(cs, crashCase{fp: txmanager.AfterBatch, k: k, commit: true, minPrepared: minPrepared, minMarkers: 1 + k})
 		}
 	}
 	for k := 1; k < n; k++ {

@@ -11,6 +11,14 @@ func WithSequential() Option {
 	return optionFunc(func(o *options) error { o.sequential = true; return nil })
 }
 
+// WithCommitFirst makes a sequential run (WithSequential) put the
+// overlapped commit of the last branch before its precommit row when
+// first returns true (see preCommitAndCommit), so the model plays both
+// orders.
+func WithCommitFirst(first func() bool) Option {
+	return optionFunc(func(o *options) error { o.commitFirst = first; return nil })
+}
+
 // WithSleep replaces the retry back-off sleep (model tests advance a
 // manual clock instead of waiting).
 func WithSleep(f func(ctx context.Context, d time.Duration) error) Option {

@@ -128,26 +128,37 @@ func TestModelEveryCrashPoint(t *testing.T) {
 						// changes: asynchronous clean-up is covered with it.
 						continue
 					}
-					for _, fp := range txmanager.Failpoints() {
-						for k := 1; k <= n; k++ {
-							sc := scenario{n: n, protocol: p, llr: &llr, async: &async, batch: &batch, faults: true, pauses: !v.crash}
-							if v.crash {
-								sc.crashAt, sc.crashK = fp, k
-							} else {
-								sc.crashAt = "none"
-							}
-							r := sc.run(crashScript(v, fp, k))
-							counts[v.name]++
-							for _, ev := range []string{"ORPHAN", "OUTSIDE ROLLBACK", "[fail-after]", "irec"} {
-								if strings.Contains(r.trace, ev) {
-									events[v.name+": "+ev]++
+					// Both orders of the overlapped precommit row and
+					// commit (3PC, LLR, one branch besides the primary).
+					orders := []bool{false}
+					if n == 2 && llr && p == txmanager.ThreePC {
+						orders = []bool{false, true}
+					}
+					for _, commitFirst := range orders {
+						for _, fp := range txmanager.Failpoints() {
+							for k := 1; k <= n; k++ {
+								sc := scenario{n: n, protocol: p, llr: &llr, async: &async, batch: &batch, commitFirst: &commitFirst, faults: true, pauses: !v.crash}
+								// A plain crash: 3PC must not leave a branch
+								// waiting on the primary alone.
+								sc.nonBlocking = v.name == "crash" && p == txmanager.ThreePC
+								if v.crash {
+									sc.crashAt, sc.crashK = fp, k
+								} else {
+									sc.crashAt = "none"
 								}
-							}
-							if r.violation != "" {
-								// The first failure of each variant, in full; the
-								// others counted.
-								if failed[v.name]++; failed[v.name] == 1 {
-									t.Errorf("%s at %s#%d: n=%d %s llr=%v async=%v batch=%v: %s", v.name, fp, k, n, p, llr, async, batch, r)
+								r := sc.run(crashScript(v, fp, k))
+								counts[v.name]++
+								for _, ev := range []string{"ORPHAN", "OUTSIDE ROLLBACK", "[fail-after]", "irec"} {
+									if strings.Contains(r.trace, ev) {
+										events[v.name+": "+ev]++
+									}
+								}
+								if r.violation != "" {
+									// The first failure of each variant, in full; the
+									// others counted.
+									if failed[v.name]++; failed[v.name] == 1 {
+										t.Errorf("%s at %s#%d: n=%d %s llr=%v async=%v batch=%v commitFirst=%v: %s", v.name, fp, k, n, p, llr, async, batch, commitFirst, r)
+									}
 								}
 							}
 						}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/threepc/threepc/internal/seeded"
+	"github.com/threepc/threepc/txmanager"
 )
 
 // TestModelSeededBugs proves the checker's power: each planted protocol
@@ -70,6 +72,28 @@ func TestModelSeededBugs(t *testing.T) {
 			t.Fatalf("the checker never caught the planted bug %q in %d scenarios (%d failed without it too)", bug.name, budget, unattributable)
 		})
 	}
+}
+
+// TestModelSeededNonBlocking proves the non-blocking check's power: with
+// the precommit rows and the commits overlapped for every branch, a plain
+// crash in the exhaustive matrix leaves a committed branch beside a
+// prepared one and no precommit row but the primary's.
+func TestModelSeededNonBlocking(t *testing.T) {
+	seeded.OverlapEveryBranch.Store(true)
+	defer seeded.OverlapEveryBranch.Store(false)
+	llr, off, commitFirst := true, false, true
+	v := crashVariants[0] // a plain crash
+	for _, fp := range txmanager.Failpoints() {
+		for k := 1; k <= 3; k++ {
+			sc := scenario{n: 3, protocol: txmanager.ThreePC, llr: &llr, async: &off, batch: &off, commitFirst: &commitFirst,
+				faults: true, crashAt: fp, crashK: k, nonBlocking: true}
+			if r := sc.run(crashScript(v, fp, k)); strings.Contains(r.violation, "3PC blocking") {
+				t.Logf("caught at a crash at %s#%d: %s", fp, k, r.violation)
+				return
+			}
+		}
+	}
+	t.Fatal("the non-blocking check never caught precommit rows overlapped with the commits of several branches")
 }
 
 // keyedChooser draws each choice from its label and how often the label

@@ -83,9 +83,17 @@ type scenario struct {
 	llr      *bool               // logging last resource; nil = draw
 	async    *bool               // asynchronous clean-up that never runs (left to recovery); nil = draw
 	batch    *bool               // marker rows through the batcher (WithBatching); nil = draw
-	faults   bool                // draw faults for the operations of the coordinator and of the scans
-	pauses   bool                // draw what happens at the coordinator's steps (scans, clock jumps, restarts, ...)
-	busy     bool                // pauses twice as often, faults half as often
+	// commitFirst: where the last branch's precommit row and commit
+	// overlap (3PC, logging last resource, one branch besides the
+	// primary), the commit runs first; nil = draw.
+	commitFirst *bool
+	faults      bool // draw faults for the operations of the coordinator and of the scans
+	pauses      bool // draw what happens at the coordinator's steps (scans, clock jumps, restarts, ...)
+	busy        bool // pauses twice as often, faults half as often
+	// nonBlocking: check 3PC's non-blocking property (memres
+	// CheckNonBlocking) after every operation of the coordinator; only for runs where the
+	// coordinator runs alone and nothing fails but a crash.
+	nonBlocking bool
 }
 
 // What may happen at one of the coordinator's steps (pauses).
@@ -158,6 +166,10 @@ func (sc scenario) run(c chooser) result {
 	if sc.batch != nil {
 		batch = *sc.batch
 	}
+	commitFirst := c.Int("commit-first", 0, 1) == 1
+	if sc.commitFirst != nil {
+		commitFirst = *sc.commitFirst
+	}
 	names := make([]string, n)
 	writes := make([]bool, n)
 	for i := range names {
@@ -203,6 +215,11 @@ func (sc scenario) run(c chooser) result {
 		mu.Unlock()
 		if err := world.CheckInvariants(); err != nil {
 			violate("after %v: %v", op, err)
+		}
+		if sc.nonBlocking && op.Proc == "coord" {
+			if err := world.CheckNonBlocking(); err != nil {
+				violate("after %v: %v", op, err)
+			}
 		}
 		if op.Proc == "coord" && !final {
 			// The coordinator may stall after an answer, before it acts
@@ -400,6 +417,7 @@ func (sc scenario) run(c chooser) result {
 		txmanager.WithLogger(quiet),
 		txmanager.WithFailpoints(hook),
 		txmanager.WithSequential(),
+		txmanager.WithCommitFirst(func() bool { return commitFirst }),
 		txmanager.WithSleep(func(_ context.Context, d time.Duration) error { clock.Advance(d); return nil }),
 	)
 	if err != nil {

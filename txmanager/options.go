@@ -64,8 +64,9 @@ type options struct {
 	lastResource   bool
 	asyncCleanup   bool
 	batching       bool
-	pauseCleaner   bool // tests: async clean-up never runs
-	sequential     bool // fan out one branch at a time, in order (deterministic tests)
+	pauseCleaner   bool        // tests: async clean-up never runs
+	sequential     bool        // fan out one branch at a time, in order (deterministic tests)
+	commitFirst    func() bool // sequential runs: whether an overlapped commit goes before its precommit row
 	sleep          func(ctx context.Context, d time.Duration) error
 	tracerProvider trace.TracerProvider // nil: otel.GetTracerProvider()
 	meterProvider  metric.MeterProvider // nil: otel.GetMeterProvider()

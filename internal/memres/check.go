@@ -171,6 +171,40 @@ func (w *World) checkGTID(g string, v *gtidView) error {
 	return nil
 }
 
+// CheckNonBlocking checks 3PC's non-blocking property while the
+// coordinator runs alone and nothing fails but a crash: once a branch
+// other than the primary is committed, no other branch waits on the
+// primary alone, that is, while another non-primary branch is still
+// prepared, some non-primary participant holds a precommit row (or its
+// tombstone), from which recovery commits without the primary.
+func (w *World) CheckNonBlocking() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	vs := w.views()
+	for _, g := range sortedKeys(vs) {
+		v := vs[g]
+		var committed, prepared bool
+		for _, b := range v.branches {
+			if b.xid.Branch == v.primary {
+				continue
+			}
+			committed = committed || b.state == Committed
+			prepared = prepared || b.state == Prepared
+		}
+		if !committed || !prepared {
+			continue
+		}
+		held := false
+		for db, s := range v.rows {
+			held = held || db != v.primary && (s == resource.StatePreCommit || s == resource.StateCommitted)
+		}
+		if !held {
+			return fmt.Errorf("gtid %s: 3PC blocking: a non-primary branch is committed while another is prepared and no participant but the primary holds a precommit row: %s", g, v)
+		}
+	}
+	return nil
+}
+
 // Claim is an outcome that a process reports.
 type Claim int
 

@@ -23,6 +23,10 @@ var (
 	// that learned the decision only from its lost fence, after its branch
 	// listing (a real bug, found by integration_test and fixed).
 	CollectAfterLateDecision Switch
+	// OverlapEveryBranch: the coordinator overlaps the precommit rows and
+	// the commits whenever the primary committed with its decision, also
+	// with several branches left (safe only with one).
+	OverlapEveryBranch Switch
 )
 
 // Bugs of the first version, which the "Evidence, not absence" revision
