@@ -49,6 +49,10 @@ type branch struct {
 	prepared bool // voted VotePrepared
 	readOnly bool // voted VoteReadOnly: finished, leaves the protocol
 	closed   bool
+	// begun is closed once BeginBranch returned (branch set, or
+	// beginErr); enlist's other callers wait on it.
+	begun    chan struct{}
+	beginErr error
 }
 
 // GTID returns the transaction's global id, as found in branch ids,
@@ -79,37 +83,58 @@ func (tx *Tx) Participants() []string {
 	return names
 }
 
-// enlist returns the branch on name, beginning it on first use.
+// enlist returns the branch on name, beginning it on first use. Branches
+// on different resources begin concurrently (handles used from several
+// goroutines); a second user of a branch being begun waits for it. The
+// primary is the resource whose enlistment started first.
 func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) {
 	tx.mu.Lock()
-	defer tx.mu.Unlock()
 	if tx.done {
+		tx.mu.Unlock()
 		return nil, ErrTxDone
 	}
 	if b, ok := tx.branches[name]; ok {
+		tx.mu.Unlock()
+		<-b.begun
+		if b.beginErr != nil {
+			return nil, b.beginErr
+		}
 		return b.branch.Unwrap(), nil
 	}
 	r, ok := tx.m.res[name]
 	if !ok {
+		tx.mu.Unlock()
 		return nil, fmt.Errorf("%w %q (have %v)", ErrUnknownResource, name, tx.m.Resources())
 	}
 	if tx.m.opts.clock.Now().After(tx.deadline) {
+		defer tx.mu.Unlock()
 		return nil, tx.fail(name, resource.PhaseBegin, ErrTimeout)
 	}
-	primary := tx.primary
-	if primary == "" {
-		primary = name
+	if tx.primary == "" {
+		tx.primary = name
 	}
-	xid := resource.XID{GTID: tx.gtid, Primary: primary, Branch: name, Space: tx.m.opts.space}
-	tb, err := r.BeginBranch(tx.tel.Context(ctx), xid)
-	if err != nil {
-		return nil, tx.fail(name, resource.PhaseBegin, tx.stmtError(err))
-	}
-	tx.primary = primary
-	// The driver may complete the id (MySQL records the session in it).
-	b := &branch{res: r, branch: tb, xid: tb.XID()}
+	xid := resource.XID{GTID: tx.gtid, Primary: tx.primary, Branch: name, Space: tx.m.opts.space}
+	// Reserved under the lock, begun outside it: other resources' branches
+	// need not wait for this one's round trip.
+	b := &branch{res: r, xid: xid, begun: make(chan struct{})}
 	tx.branches[name] = b
 	tx.order = append(tx.order, b)
+	tx.mu.Unlock()
+
+	tb, err := r.BeginBranch(tx.tel.Context(ctx), xid)
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	defer close(b.begun)
+	if err != nil {
+		// Not a branch of the transaction: nothing to prepare or roll
+		// back. The transaction is doomed (tx.failed), so the primary
+		// named in the others' ids never decides.
+		b.beginErr = tx.fail(name, resource.PhaseBegin, tx.stmtError(err))
+		tx.order = slices.DeleteFunc(tx.order, func(o *branch) bool { return o == b })
+		return nil, b.beginErr
+	}
+	// The driver may complete the id (MySQL records the session in it).
+	b.branch, b.xid = tb, tb.XID()
 	return tb.Unwrap(), nil
 }
 
@@ -209,15 +234,21 @@ func (tx *Tx) workAbort(ferr error) *AbortError {
 }
 
 // finish marks the transaction done and returns its branches, or
-// ErrTxDone.
+// ErrTxDone. Branches still being begun (by another goroutine's handle)
+// are waited for; those that could not begin are left out.
 func (tx *Tx) finish() ([]*branch, error) {
 	tx.mu.Lock()
-	defer tx.mu.Unlock()
 	if tx.done {
+		tx.mu.Unlock()
 		return nil, ErrTxDone
 	}
 	tx.done = true
-	return slices.Clone(tx.order), nil
+	branches := slices.Clone(tx.order)
+	tx.mu.Unlock()
+	for _, b := range branches {
+		<-b.begun
+	}
+	return slices.DeleteFunc(branches, func(b *branch) bool { return b.beginErr != nil }), nil
 }
 
 func (tx *Tx) releaseStatements() {
