@@ -466,6 +466,22 @@ func TestBench(t *testing.T) {
 			t.Errorf("%s: %.2f s measured, want three rounds of 100 ms", c.Protocol, c.Seconds)
 		}
 	}
+	// Legs run concurrently: the books still balance, every outcome told
+	// is the ledger's.
+	r = cli(t, d.args("bench", "--protocols", "handwritten2pc,2pc,3pc", "--concurrency", "4", "--duration", "300ms", "--parallel-legs", "--json")...)
+	want(t, r, 0)
+	wantQuiet(t, r)
+	res = benchResult{}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("bench --parallel-legs --json: %v\n%s", err, r)
+	}
+	if !res.ParallelLegs || len(res.Cells) != 3 {
+		t.Fatalf("bench --parallel-legs: parallel_legs %v, %d cells; want true and 3\n%s", res.ParallelLegs, len(res.Cells), r)
+	}
+	for _, c := range res.Cells {
+		checkCell(t, c)
+	}
+	d.wantChecked(t, 1000000)
 	wantUsage(t, cli(t, d.args("bench", "--rounds", "0")...), "--rounds")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "4pc")...), "unknown protocol")
 	wantUsage(t, cli(t, d.args("bench", "--protocols", "3pc+fast")...), "unknown option")

@@ -59,34 +59,20 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 			}
 		}
 	}()
-	// Work.
+	// Work: every leg on a pinned connection of its own.
 	for i, l := range legs {
-		xid := resource.XID{GTID: gtid, Primary: primary, Branch: l.res, Space: w.space}
-		b := &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
-		bs[i] = b
-		conn, err := resource.DBOf(w.byName[l.res]).Conn(wctx)
-		if err != nil {
-			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
-		}
-		b.conn = conn
-		if b.pg {
-			b.id = "'" + xid.PostgresGID() + "'"
-		} else {
-			if xid.Session, err = w.sessionID(wctx, conn); err != nil {
-				return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
+		bs[i] = &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
+	}
+	phases := make([]resource.Phase, len(legs))
+	if err := w.eachLeg(len(legs), func(i int) error {
+		var err error
+		phases[i], err = w.hwWork(wctx, t, i, bs[i], primary)
+		return err
+	}); err != nil {
+		for i := range bs {
+			if phases[i] != "" {
+				return w.hwAbort(ctx, gtid, bs, bs[i].l.res, phases[i], err)
 			}
-			gtrid, bqual, fid := xid.MySQL(w.dbTag[l.res])
-			b.id = fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, fid)
-		}
-		begin := "BEGIN"
-		if !b.pg {
-			begin = "XA START " + b.id
-		}
-		if _, err := conn.ExecContext(wctx, begin); err != nil {
-			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseBegin, err)
-		}
-		if err := w.execLeg(wctx, conn, t, i, &evidenceRow{gtid: gtid, primary: primary, space: w.space}); err != nil {
-			return w.hwAbort(ctx, gtid, bs, l.res, resource.PhaseWork, err)
 		}
 	}
 	// Prepare, in parallel.
@@ -174,6 +160,38 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 	}
 	w.hwCleaner.add(hwCleanup{gtid: gtid, primary: primary, others: others})
 	return nil
+}
+
+// hwWork begins leg i's branch on a connection of its own and runs the
+// leg; a failure comes with the phase it happened in.
+func (w *Workload) hwWork(ctx context.Context, t transfer, i int, b *hwBranch, primary string) (resource.Phase, error) {
+	l := t.legs[i]
+	xid := resource.XID{GTID: t.id, Primary: primary, Branch: l.res, Space: w.space}
+	conn, err := resource.DBOf(w.byName[l.res]).Conn(ctx)
+	if err != nil {
+		return resource.PhaseBegin, err
+	}
+	b.conn = conn
+	if b.pg {
+		b.id = "'" + xid.PostgresGID() + "'"
+	} else {
+		if xid.Session, err = w.sessionID(ctx, conn); err != nil {
+			return resource.PhaseBegin, err
+		}
+		gtrid, bqual, fid := xid.MySQL(w.dbTag[l.res])
+		b.id = fmt.Sprintf("X'%x',X'%x',%d", gtrid, bqual, fid)
+	}
+	begin := "BEGIN"
+	if !b.pg {
+		begin = "XA START " + b.id
+	}
+	if _, err := conn.ExecContext(ctx, begin); err != nil {
+		return resource.PhaseBegin, err
+	}
+	if err := w.execLeg(ctx, conn, t, i, &evidenceRow{gtid: t.id, primary: primary, space: w.space}); err != nil {
+		return resource.PhaseWork, err
+	}
+	return "", nil
 }
 
 // hwAbort rolls every branch back and returns an AbortError.

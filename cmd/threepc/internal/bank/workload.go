@@ -77,6 +77,10 @@ type Config struct {
 	// Legs is how many databases one transfer touches (2 to the number
 	// of Resources). Default 2.
 	Legs int
+	// ParallelLegs runs a transfer's legs concurrently, one goroutine per
+	// database, as application code can (branch handles may be used from
+	// several goroutines); by default they run one after another.
+	ParallelLegs bool
 }
 
 // Workload runs transfers. It is safe for concurrent use.
@@ -300,12 +304,9 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 			if w.phases != nil {
 				w.phases.begin(gtid, start)
 			}
-			for i, l := range t.legs {
-				if err := w.execLeg(ctx, tx.DB(l.res), t, i, nil); err != nil {
-					return err
-				}
-			}
-			return nil
+			return w.eachLeg(len(t.legs), func(i int) error {
+				return w.execLeg(ctx, tx.DB(t.legs[i].res), t, i, nil)
+			})
 		})
 	}
 	res.Latency = time.Since(start)
@@ -323,6 +324,33 @@ func (w *Workload) Transfer(ctx context.Context, rng *rand.Rand) Result {
 		res.Phases, res.HasPhase = w.phases.end(gtid, res.Outcome == Committed)
 	}
 	return res
+}
+
+// eachLeg runs f for legs 0..n-1, one after another, stopping at the
+// first error, or (ParallelLegs) all at once; it returns the error of the
+// first failed leg.
+func (w *Workload) eachLeg(n int, f func(i int) error) error {
+	if !w.cfg.ParallelLegs {
+		for i := range n {
+			if err := f(i); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n - 1 {
+		wg.Go(func() { errs[i] = f(i) })
+	}
+	errs[n-1] = f(n - 1)
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // local runs the legs as two independent local transactions.
