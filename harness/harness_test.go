@@ -18,9 +18,14 @@ import (
 func TestMain(m *testing.M) { os.Exit(Main(m)) }
 
 // startOwn starts a private server for a test that kills or reconfigures
-// it, skipping (failing under CI) when the binaries are missing.
+// it, skipping (failing under CI) when the binaries are missing, and, as
+// Own does, when the kind's environment variable names an external
+// server.
 func startOwn(t *testing.T, kind Kind, opts Options) *Server {
 	t.Helper()
+	if env, raw := external(kind); raw != "" {
+		t.Skipf("harness: this test starts a %s server of its own, and %s names an external server: skipped; unset %s to run it", kind, env, env)
+	}
 	opts.Log = t.Logf
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

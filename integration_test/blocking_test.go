@@ -19,15 +19,7 @@ import (
 // 3PC wrote a precommit row at the other participant, recovery commits
 // that branch while the primary is still down: the liveness 3PC buys.
 func TestHonestBlocking(t *testing.T) {
-	ctx := testCtx(t, 3*time.Minute)
-	pgSrv, err := harness.Start(ctx, harness.Postgres, harness.Options{})
-	if err != nil {
-		if harness.Shared(t, harness.Postgres) == nil {
-			return // skipped (no servers, outside CI)
-		}
-		t.Fatalf("start a dedicated PostgreSQL server: %v", err)
-	}
-	t.Cleanup(func() { pgSrv.Close() })
+	pgSrv := harness.Own(t, harness.Postgres, harness.Options{}) // stopped and restarted below
 	my := harness.Shared(t, harness.MariaDB)
 	ps := []part{newPart(t, pgSrv, "blk_pg", crashTable), newPart(t, my, "blk_my", crashTable)}
 

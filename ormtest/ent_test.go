@@ -98,6 +98,22 @@ func TestEnt(t *testing.T) {
 		e.assertUnchanged(t, before)
 	})
 
+	// client.Tx through ent's own driver panics the same way.
+	t.Run("entsqlDriverTx", func(t *testing.T) {
+		before := e.snapshot(t)
+		panicked := catch(func() {
+			_ = e.m.Run(testCtx(t), func(ctx context.Context, tx *txmanager.Tx) error {
+				drv := entsql.NewDriver(entDialect(e.pg), entsql.Conn{ExecQuerier: tx.DB(e.pg.Name())})
+				_, err := entdb.NewClient(entdb.Driver(drv)).Tx(ctx)
+				return err
+			})
+		})
+		if !strings.Contains(fmt.Sprint(panicked), "interface conversion") {
+			t.Fatalf("client.Tx through entsql.NewDriver: panic %v, want ent's *sql.DB assertion", panicked)
+		}
+		e.assertUnchanged(t, before)
+	})
+
 	// ent's session variables (entsql.WithVar) run their SET on a
 	// connection ent takes from a *sql.DB or *sql.Tx; for any other
 	// ExecQuerier, the adapter's too, ent calls a nil one.

@@ -20,8 +20,15 @@ have_program() {
 	command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]
 }
 
-have_postgres || missing+=(postgresql)
-{ have_program mariadbd && have_program mariadb-install-db; } || missing+=(mariadb-server)
+# A server named by THREEPC_TEST_POSTGRES or THREEPC_TEST_MYSQL stands in
+# for that kind's throwaway servers: its binaries are not installed (Debian's
+# mariadb-server would replace an installed MySQL 8 server).
+if [[ -z ${THREEPC_TEST_POSTGRES:-} ]]; then
+	have_postgres || missing+=(postgresql)
+fi
+if [[ -z ${THREEPC_TEST_MYSQL:-} ]]; then
+	{ have_program mariadbd && have_program mariadb-install-db; } || missing+=(mariadb-server)
+fi
 have_program ps || missing+=(procps)
 have_program ip || missing+=(iproute2)
 have_program git || missing+=(git)

@@ -27,23 +27,26 @@ func Example() {
 		log.Fatal(err)
 	}
 	resources := []resource.Resource{orders, billing}
-	m, err := txmanager.New(resources)
+
+	m, err := txmanager.New(resources) // 3PC by default; txmanager.WithProtocol(txmanager.TwoPC)
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer m.Close(context.WithoutCancel(ctx)) // flushes the background marker clean-up
 	// At start-up: verify the set-up, then finish what a crashed instance
 	// left behind before serving traffic.
 	if err := m.Check(ctx); err != nil {
 		log.Fatal(err)
 	}
-	sc, err := recovery.New(resources)
+
+	sc, err := recovery.New(resources) // same resources, same names
 	if err != nil {
 		log.Fatal(err)
 	}
 	if _, err := sc.ScanOnce(ctx); err != nil {
 		log.Fatal(err)
 	}
-	go sc.Run(ctx, time.Minute, nil) // scan every minute
+	go sc.Run(ctx, time.Minute, nil) // scan every minute until ctx ends
 
 	err = m.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
 		if _, err := tx.DB("orders").ExecContext(ctx,

@@ -114,7 +114,7 @@ var _ resource.Resource = (*Resource)(nil)
 // resource.ValidateName before anything else. Close does not close db.
 func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
 	if err := resource.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("threepc/mysql: %w", err)
+		return nil, err // names the problem in full: no driver prefix
 	}
 	if db == nil {
 		return nil, errors.New("threepc/mysql: nil *sql.DB")
@@ -135,7 +135,7 @@ func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
 // connection is made until the resource is used (call Check at start-up).
 func Open(name, dsn string, cfg Config) (*Resource, error) {
 	if err := resource.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("threepc/mysql: %w", err)
+		return nil, err // names the problem in full: no driver prefix
 	}
 	var (
 		dc  *mysqldriver.Config

@@ -119,6 +119,11 @@ func TestNameValidatedFirst(t *testing.T) {
 			t.Errorf("Open(%q) = %v, want ErrInvalidName", name, err)
 		}
 	}
+	// One prefix: the name's error as resource.ValidateName gives it.
+	const msg = `threepc: invalid resource name "Bad": want lowercase letters, digits, '_' or '-', starting with a letter`
+	if _, err := Open("Bad", "mysql://u@127.0.0.1:1/db", Config{}); err == nil || err.Error() != msg {
+		t.Errorf("Open(\"Bad\") = %v, want %q", err, msg)
+	}
 	if _, err := New("ok", nil, Config{}); err == nil {
 		t.Error("New with a nil db succeeded")
 	}

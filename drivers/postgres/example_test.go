@@ -34,7 +34,7 @@ func ExampleOpen_invalidName() {
 	fmt.Println(err)
 	// Output:
 	// true
-	// threepc/postgres: threepc: invalid resource name "Orders DB": want lowercase letters, digits, '_' or '-', starting with a letter
+	// threepc: invalid resource name "Orders DB": want lowercase letters, digits, '_' or '-', starting with a letter
 }
 
 // New takes a pool the application already has (pgx's database/sql

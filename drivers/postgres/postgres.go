@@ -55,7 +55,7 @@ var _ resource.Resource = (*Resource)(nil)
 // Close does not close db.
 func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
 	if err := resource.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("threepc/postgres: %w", err)
+		return nil, err // names the problem in full: no driver prefix
 	}
 	if db == nil {
 		return nil, errors.New("threepc/postgres: nil *sql.DB")
@@ -72,7 +72,7 @@ func New(name string, db *sql.DB, cfg Config) (*Resource, error) {
 // call Check to verify the setup.
 func Open(name, dsn string, cfg Config) (*Resource, error) {
 	if err := resource.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("threepc/postgres: %w", err)
+		return nil, err // names the problem in full: no driver prefix
 	}
 	pc, err := pgx.ParseConfig(dsn)
 	if err != nil {

@@ -707,13 +707,8 @@ func TestMarkerTableMissing(t *testing.T) {
 }
 
 func TestCheckPreparedTransactionsDisabled(t *testing.T) {
-	harness.Shared(t, harness.Postgres) // skips (or fails under CI) without servers
 	ctx := testCtx(t)
-	srv, err := harness.Start(ctx, harness.Postgres, harness.Options{Settings: map[string]string{"max_prepared_transactions": "0"}})
-	if err != nil {
-		t.Fatalf("harness.Start: %v", err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := harness.Own(t, harness.Postgres, harness.Options{Settings: map[string]string{"max_prepared_transactions": "0"}})
 	r, err := Open("alpha", srv.DSN(""), Config{})
 	if err != nil {
 		t.Fatal(err)

@@ -68,7 +68,6 @@ func TestConnectionRejected(t *testing.T) {
 // TestWrongPassword: 28P01 needs a server that asks for passwords (the
 // shared one trusts every local connection).
 func TestWrongPassword(t *testing.T) {
-	harness.Shared(t, harness.Postgres) // skips (or fails under CI) without servers
 	ctx := testCtx(t)
 	// The server runs as its own OS user, which must read the file.
 	dir, err := os.MkdirTemp("", "threepc-hba-")
@@ -84,11 +83,7 @@ func TestWrongPassword(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := harness.Start(ctx, harness.Postgres, harness.Options{Settings: map[string]string{"hba_file": hba}})
-	if err != nil {
-		t.Fatalf("harness.Start: %v", err)
-	}
-	t.Cleanup(func() { srv.Close() })
+	srv := harness.Own(t, harness.Postgres, harness.Options{Settings: map[string]string{"hba_file": hba}})
 	admin, err := Open("admin", srv.DSN(""), Config{})
 	if err != nil {
 		t.Fatal(err)
