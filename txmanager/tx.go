@@ -49,9 +49,9 @@ type branch struct {
 	prepared bool // voted VotePrepared
 	readOnly bool // voted VoteReadOnly: finished, leaves the protocol
 	closed   bool
-	// begun is closed once BeginBranch returned (branch set, or
-	// beginErr); enlist's other callers wait on it.
-	begun    chan struct{}
+	// begun is done once BeginBranch returned (branch set, or beginErr);
+	// enlist's other callers wait on it.
+	begun    sync.WaitGroup
 	beginErr error
 }
 
@@ -95,7 +95,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	}
 	if b, ok := tx.branches[name]; ok {
 		tx.mu.Unlock()
-		<-b.begun
+		b.begun.Wait()
 		if b.beginErr != nil {
 			return nil, b.beginErr
 		}
@@ -116,7 +116,8 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	xid := resource.XID{GTID: tx.gtid, Primary: tx.primary, Branch: name, Space: tx.m.opts.space}
 	// Reserved under the lock, begun outside it: other resources' branches
 	// need not wait for this one's round trip.
-	b := &branch{res: r, xid: xid, begun: make(chan struct{})}
+	b := &branch{res: r, xid: xid}
+	b.begun.Add(1)
 	tx.branches[name] = b
 	tx.order = append(tx.order, b)
 	tx.mu.Unlock()
@@ -124,7 +125,7 @@ func (tx *Tx) enlist(ctx context.Context, name string) (resource.Branch, error) 
 	tb, err := r.BeginBranch(tx.tel.Context(ctx), xid)
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	defer close(b.begun)
+	defer b.begun.Done()
 	if err != nil {
 		// Not a branch of the transaction: nothing to prepare or roll
 		// back. The transaction is doomed (tx.failed), so the primary
@@ -246,7 +247,7 @@ func (tx *Tx) finish() ([]*branch, error) {
 	branches := slices.Clone(tx.order)
 	tx.mu.Unlock()
 	for _, b := range branches {
-		<-b.begun
+		b.begun.Wait()
 	}
 	return slices.DeleteFunc(branches, func(b *branch) bool { return b.beginErr != nil }), nil
 }
