@@ -41,6 +41,10 @@ type benchCell struct {
 	P50Ms         float64 `json:"p50_ms"`
 	P99Ms         float64 `json:"p99_ms"`
 	AllocsPerTx   float64 `json:"allocs_per_tx"`
+	// StealPct is the share of the machine's CPU time the hypervisor
+	// stole during the cell (Linux; the largest of the rounds): figures
+	// measured under much steal are not comparable.
+	StealPct *float64 `json:"cpu_steal_pct,omitempty"`
 	// HeapBytes is the live heap after a GC at the end of the cell.
 	HeapBytes  uint64  `json:"heap_bytes"`
 	BytesPerTx float64 `json:"bytes_per_tx"`
@@ -215,7 +219,9 @@ during a run, so a fixed order favours the first protocol.
 Every transfer writes the bank's ledger (see bank check), and bench prints
 the aborted (by the transaction timeout) and in-doubt counts per cell.
 It prints throughput, p50 and p99 latency, allocations per transfer
-(runtime.MemStats mallocs over the cell / transfers), the live heap before
+(runtime.MemStats mallocs over the cell / transfers), the CPU time the
+hypervisor stole during the cell (Linux /proc/stat; with --rounds the
+largest: cells measured under much steal are not comparable), the live heap before
 the first and after the last cell, and the ratios to local and
 handwritten2pc.`,
 		Args: cobra.NoArgs,
@@ -404,7 +410,9 @@ func cellKey(protocol string, participants int) string {
 func measureCell(ctx context.Context, w *bank.Workload, c int, d time.Duration) (benchCell, bool) {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
+	cpu0, ok0 := readCPUTimes()
 	st := w.Run(ctx, bank.RunOptions{Workers: c, Duration: d})
+	cpu1, ok1 := readCPUTimes()
 	runtime.ReadMemStats(&m1)
 	if ctx.Err() != nil {
 		return benchCell{}, false
@@ -421,7 +429,7 @@ func measureCell(ctx context.Context, w *bank.Workload, c int, d time.Duration) 
 		TxPerSec: st.Throughput(),
 		P50Ms:    ms(bank.Percentile(st.Latencies, 50)), P99Ms: ms(bank.Percentile(st.Latencies, 99)),
 		AllocsPerTx: float64(m1.Mallocs-m0.Mallocs) / n, BytesPerTx: float64(m1.TotalAlloc-m0.TotalAlloc) / n,
-		HeapBytes: mh.HeapAlloc,
+		HeapBytes: mh.HeapAlloc, StealPct: stealPercent(cpu0, cpu1, ok0 && ok1),
 	}, true
 }
 
@@ -456,6 +464,9 @@ func medianCell(cells []benchCell, protocol string, n, c int) benchCell {
 		out.Heuristic += x.Heuristic
 		out.Failed += x.Failed
 		out.HeapBytes = x.HeapBytes // the last round's
+		if x.StealPct != nil && (out.StealPct == nil || *x.StealPct > *out.StealPct) {
+			out.StealPct = x.StealPct
+		}
 	}
 	out.TxPerSec = median(func(x benchCell) float64 { return x.TxPerSec })
 	out.P50Ms = median(func(x benchCell) float64 { return x.P50Ms })
@@ -509,15 +520,22 @@ func printBench(w io.Writer, res benchResult) {
 	}
 	fmt.Fprintf(w, "bench: %s per cell on %s; legs %s\n", res.Duration, strings.Join(res.Databases, ", "), legs)
 	tw := newTable(w)
-	fmt.Fprintln(tw, "PROTOCOL\tN\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED (TIMEOUT)\tIN DOUBT\tHEURISTIC")
+	fmt.Fprintln(tw, "PROTOCOL\tN\tCONC\tTX/S\tP50\tP99\tALLOCS/TX\tHEAP\tTPUT/LOCAL\tP50/LOCAL\tTPUT/HW2PC\tP50/HW2PC\tABORTED (TIMEOUT)\tIN DOUBT\tHEURISTIC\tCPU STEAL")
 	for _, c := range res.Cells {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d (%d)\t%d\t%d\n", c.Protocol, c.Participants, c.Concurrency, c.TxPerSec,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%.2fms\t%.2fms\t%.0f\t%.1fMiB\t%s\t%s\t%s\t%s\t%d (%d)\t%d\t%d\t%s\n", c.Protocol, c.Participants, c.Concurrency, c.TxPerSec,
 			c.P50Ms, c.P99Ms, c.AllocsPerTx, float64(c.HeapBytes)/(1<<20), fmtRatio(c.TputVsLocal), fmtRatio(c.P50VsLocal),
-			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.TimedOut, c.InDoubt+c.CommitPending, c.Heuristic)
+			fmtRatio(c.TputVsHandwritten), fmtRatio(c.P50VsHandwritten), c.Aborted, c.TimedOut, c.InDoubt+c.CommitPending, c.Heuristic, fmtPercent(c.StealPct))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(w, "heap after GC: %.1f MiB before the first cell, %.1f MiB after its warm-up, %.1f MiB after the last cell\n",
 		float64(res.HeapStartBytes)/(1<<20), float64(res.HeapWarmBytes)/(1<<20), float64(res.HeapEndBytes)/(1<<20))
+}
+
+func fmtPercent(p *float64) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", *p)
 }
 
 func fmtRatio(r *float64) string {

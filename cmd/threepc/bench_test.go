@@ -1,6 +1,7 @@
 package main
 
 import (
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -52,5 +53,19 @@ func TestMedianCell(t *testing.T) {
 	}
 	if got := medianCell(cells[:2], "3pc", 2, 1); got.TxPerSec != 200 || got.P50Ms != 2 {
 		t.Errorf("median of two = %v tx/s, p50 %v ms; want the means 200, 2", got.TxPerSec, got.P50Ms)
+	}
+}
+
+func TestStealPercent(t *testing.T) {
+	if p := stealPercent(cpuTimes{total: 100, steal: 10}, cpuTimes{total: 300, steal: 60}, true); p == nil || *p != 25 {
+		t.Errorf("stealPercent: %v, want 25", p)
+	}
+	if p := stealPercent(cpuTimes{total: 100}, cpuTimes{total: 100}, true); p != nil {
+		t.Errorf("no time passed: %v, want nil", *p)
+	}
+	if runtime.GOOS == "linux" {
+		if c, ok := readCPUTimes(); !ok || c.total == 0 || c.steal > c.total {
+			t.Errorf("readCPUTimes on Linux: %+v, %v", c, ok)
+		}
 	}
 }

@@ -291,8 +291,8 @@ func TestCrashRecoverInspect(t *testing.T) {
 	d := newDBs(t)
 	d.setUp(t, 200)
 	for _, tc := range []struct{ at, action string }{
-		{"after-decide", "commit"},    // decided: recovery commits
-		{"before-decide", "fence"},    // prepared, undecided: fence, roll back
+		{"after-decide", "commit"}, // decided: recovery commits
+		{"before-decide", "fence"}, // prepared, undecided: fence, roll back
 		// Decided, the MariaDB branch still prepared. (By after-precommit
 		// its commit, sent with the precommit row by default, may have
 		// landed: nothing left in doubt.)
