@@ -15,7 +15,10 @@ import (
 )
 
 // Tx is one distributed transaction. Its branch handles (DB) may be used
-// from several goroutines; Commit and Rollback end it, once.
+// from several goroutines: branches on different resources begin and run
+// concurrently, and the primary is the resource whose first statement
+// started first. Commit and Rollback end it, once (they wait for branches
+// still being begun).
 type Tx struct {
 	m        *Manager
 	gtid     string
