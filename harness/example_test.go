@@ -5,43 +5,12 @@ import (
 	"database/sql"
 	"fmt"
 	"log"
-	"testing"
 	"time"
 
 	"github.com/threepc/threepc/harness"
 )
 
-// Tests share one server per kind and test binary, each in a database of
-// its own. Shared skips the test when the server binaries are missing
-// (and fails it under CI=true), or uses THREEPC_TEST_POSTGRES /
-// THREEPC_TEST_MYSQL; the package's TestMain must call harness.Main,
-// which stops the servers.
-func ExampleShared() {
-	testTransfer := func(t *testing.T) {
-		pg := harness.Shared(t, harness.Postgres)
-		my := harness.Shared(t, harness.MariaDB)
-		pgURL := pg.URL(pg.NewDatabase(t)) // postgres://postgres@127.0.0.1:PORT/t_...
-		myDSN := my.DSN(my.NewDatabase(t)) // root@tcp(127.0.0.1:PORT)/t_...
-		t.Log(pgURL, myDSN)
-	}
-	_ = testTransfer
-}
-
-// A test that crashes its server starts one of its own, and kills and
-// restarts it: committed and prepared transactions survive.
-func ExampleOwn() {
-	testCrash := func(t *testing.T) {
-		srv := harness.Own(t, harness.MariaDB, harness.Options{}) // skips if THREEPC_TEST_MYSQL names a server
-		ctx := context.Background()
-		if err := srv.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		if err := srv.Restart(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_ = testCrash
-}
+// Needs the server binaries, so no Output comment: TestExamplesRun runs it.
 
 // Start, outside tests: a throwaway server in a temporary directory on a
 // free loopback port, removed by Close.
@@ -58,10 +27,14 @@ func ExampleStart() {
 	if err := srv.CreateDatabase(ctx, "app"); err != nil {
 		log.Fatal(err)
 	}
-	db, err := sql.Open("pgx", srv.DSN("app"))
+	db, err := sql.Open("pgx", srv.DSN("app")) // postgres://postgres@127.0.0.1:PORT/app?sslmode=disable
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer db.Close()
-	fmt.Println(srv.URL("app"))
+	var n string
+	if err := db.QueryRowContext(ctx, "SHOW max_prepared_transactions").Scan(&n); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("max_prepared_transactions =", n)
 }

@@ -6,15 +6,18 @@ import (
 	"fmt"
 	"io/fs"
 	"log"
+	"os"
 
 	"github.com/threepc/threepc/migrations"
 )
+
+// Needs a server, so no Output comment: TestExamplesRun runs it.
 
 // Up at every start-up: it creates the marker table the first time and
 // does nothing after that.
 func ExampleUp() {
 	ctx := context.Background()
-	db, err := sql.Open("pgx", "postgres://app@127.0.0.1:5432/orders")
+	db, err := sql.Open("pgx", os.Getenv("ORDERS_URL")) // postgres://app@127.0.0.1:5432/orders
 	if err != nil {
 		log.Fatal(err)
 	}

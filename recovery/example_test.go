@@ -2,27 +2,36 @@ package recovery_test
 
 import (
 	"context"
+	"fmt"
 	"log"
+	"os"
+	"strings"
 	"time"
 
+	"github.com/threepc/threepc/drivers"
 	"github.com/threepc/threepc/drivers/mysql"
 	"github.com/threepc/threepc/drivers/postgres"
 	"github.com/threepc/threepc/recovery"
 	"github.com/threepc/threepc/resource"
 )
 
+// Needs servers, so no Output comment: TestExamplesRun runs it.
+
 // Recovery at start-up and in the background, over the same resources (by
 // name) and namespace as the application's coordinator.
 func Example() {
-	ctx := context.Background()
-	orders, err := postgres.Open("orders", "postgres://app@127.0.0.1:5432/orders", postgres.Config{})
+	orders, err := postgres.Open("orders", os.Getenv("ORDERS_URL"), postgres.Config{}) // postgres://app@127.0.0.1:5432/orders
 	if err != nil {
 		log.Fatal(err)
 	}
-	billing, err := mysql.Open("billing", "mysql://app:secret@127.0.0.1:3306/billing", mysql.Config{})
+	defer orders.Close()
+	billing, err := mysql.Open("billing", os.Getenv("BILLING_URL"), mysql.Config{}) // mysql://app:secret@127.0.0.1:3306/billing
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer billing.Close()
+	ctx, shutdown := context.WithCancel(context.Background())
+	defer shutdown() // at return: ends the background scans, then the resources close
 	sc, err := recovery.New([]resource.Resource{orders, billing}, recovery.WithNamespace("shop"))
 	if err != nil {
 		log.Fatal(err)
@@ -36,15 +45,28 @@ func Example() {
 		// A branch contradicts its transaction's decision: page someone.
 		log.Printf("heuristic outcome %s: %s", t.GTID, t.Reason)
 	}
+	fmt.Printf("start-up scan: %d transactions, %d in doubt\n", len(rep.Transactions), len(rep.InDoubt()))
 	// Then keep scanning every minute (backing off while something is in
 	// doubt), until ctx ends.
 	go func() { _ = sc.Run(ctx, time.Minute, nil) }()
+	// ... serve until shutdown ...
 }
 
-// A scan at start-up, reporting what it could not finish.
+// Needs servers, so no Output comment: TestExamplesRun runs it.
+
+// A scan at start-up, reporting what it could not finish. The resources
+// come from configuration, the driver chosen by each URL's scheme.
 func ExampleScanner_ScanOnce() {
 	ctx := context.Background()
-	var resources []resource.Resource // opened with drivers/postgres and drivers/mysql
+	var resources []resource.Resource
+	for _, name := range []string{"orders", "billing"} {
+		r, err := drivers.Open(name, os.Getenv(strings.ToUpper(name)+"_URL")) // ORDERS_URL=postgres://..., BILLING_URL=mysql://...
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resource.Close(r)
+		resources = append(resources, r)
+	}
 	sc, err := recovery.New(resources, recovery.WithNamespace("shop"), recovery.WithHorizon(2*time.Minute))
 	if err != nil {
 		log.Fatal(err)
@@ -59,13 +81,24 @@ func ExampleScanner_ScanOnce() {
 	for _, t := range rep.InDoubt() {
 		log.Printf("%s (age %v): %s %s", t.GTID, t.Age, t.Action, t.Reason)
 	}
+	fmt.Printf("%d resources scanned, %d transactions in doubt\n", len(resources)-len(rep.Unreachable), len(rep.InDoubt()))
 }
+
+// Needs servers, so no Output comment: TestExamplesRun runs it.
 
 // Scanning in the background until shutdown, with every report passed to
 // a callback (for metrics or an admin page).
 func ExampleScanner_Run() {
 	ctx, stop := context.WithCancel(context.Background())
-	var resources []resource.Resource // opened with drivers/postgres and drivers/mysql
+	var resources []resource.Resource
+	for _, name := range []string{"orders", "billing"} {
+		r, err := drivers.Open(name, os.Getenv(strings.ToUpper(name)+"_URL")) // ORDERS_URL=postgres://..., BILLING_URL=mysql://...
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer resource.Close(r)
+		resources = append(resources, r)
+	}
 	sc, err := recovery.New(resources)
 	if err != nil {
 		log.Fatal(err)
@@ -80,5 +113,5 @@ func ExampleScanner_Run() {
 	}()
 	// ... serve until shutdown ...
 	stop()
-	<-done // context.Canceled
+	fmt.Println("background scans ended:", <-done)
 }

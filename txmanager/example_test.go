@@ -2,9 +2,10 @@ package txmanager_test
 
 import (
 	"context"
-	"database/sql"
 	"errors"
+	"fmt"
 	"log"
+	"os"
 	"time"
 
 	"github.com/threepc/threepc/drivers/mysql"
@@ -14,19 +15,24 @@ import (
 	"github.com/threepc/threepc/txmanager"
 )
 
+// Needs servers, so no Output comment: TestExamplesRun runs it.
+
 // A transfer between an account in PostgreSQL and one in MariaDB, atomic
-// across both.
+// across both. The databases' URLs come from the environment.
 func Example() {
-	ctx := context.Background()
-	orders, err := postgres.Open("orders", "postgres://app@127.0.0.1:5432/orders", postgres.Config{})
+	orders, err := postgres.Open("orders", os.Getenv("ORDERS_URL"), postgres.Config{}) // postgres://app@127.0.0.1:5432/orders
 	if err != nil {
 		log.Fatal(err)
 	}
-	billing, err := mysql.Open("billing", "mysql://app:secret@127.0.0.1:3306/billing", mysql.Config{})
+	defer orders.Close()
+	billing, err := mysql.Open("billing", os.Getenv("BILLING_URL"), mysql.Config{}) // mysql://app:secret@127.0.0.1:3306/billing
 	if err != nil {
 		log.Fatal(err)
 	}
+	defer billing.Close()
 	resources := []resource.Resource{orders, billing}
+	ctx, shutdown := context.WithCancel(context.Background())
+	defer shutdown() // at return: ends the background scans, then the resources close
 
 	m, err := txmanager.New(resources) // 3PC by default; txmanager.WithProtocol(txmanager.TwoPC)
 	if err != nil {
@@ -59,7 +65,7 @@ func Example() {
 	})
 	switch {
 	case err == nil:
-		// Committed in both databases.
+		fmt.Println("committed in both")
 	case errors.Is(err, txmanager.ErrAborted):
 		// Rolled back in both: safe to retry. An error of the function
 		// itself comes back this way too, wrapped in an *AbortError.
@@ -89,28 +95,62 @@ func (q *Queries) Balance(ctx context.Context, id int64) (int64, error) {
 	return b, err
 }
 
+// Needs a server, so no Output comment: TestExamplesRun runs it.
+
 // Generated query code runs inside a distributed transaction unchanged:
 // Tx.DB returns a handle that satisfies sqlc's DBTX interface, and so does
 // a plain *sql.DB outside of one.
 func ExampleTx_DB_sqlc() {
-	var m *txmanager.Manager // from txmanager.New
-	var plain *sql.DB
-	_ = &Queries{db: plain} // outside a distributed transaction
-	err := m.Run(context.Background(), func(ctx context.Context, tx *txmanager.Tx) error {
-		q := &Queries{db: tx.DB("orders")}
+	ctx := context.Background()
+	orders, err := postgres.Open("orders", os.Getenv("ORDERS_URL"), postgres.Config{}) // postgres://app@127.0.0.1:5432/orders
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer orders.Close()
+	m, err := txmanager.New([]resource.Resource{orders}) // and the application's other resources
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close(ctx)
+
+	err = m.Run(ctx, func(ctx context.Context, tx *txmanager.Tx) error {
+		q := &Queries{db: tx.DB("orders")} // inside the distributed transaction
 		if err := q.Debit(ctx, 7, 100); err != nil {
 			return err
 		}
-		_, err := q.Balance(ctx, 7)
+		b, err := q.Balance(ctx, 7)
+		if err == nil && b < 0 {
+			err = errors.New("insufficient funds") // rolls back the debit
+		}
 		return err
 	})
-	_ = err
+	if err != nil {
+		log.Fatal(err)
+	}
+	q := &Queries{db: orders.DB()} // outside: the plain pool
+	b, err := q.Balance(ctx, 7)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("balance of account 7:", b)
 }
+
+// Needs a server, so no Output comment: TestExamplesRun runs it.
 
 // The explicit form, for code that cannot be written as one function.
 func ExampleManager_Begin() {
-	var m *txmanager.Manager // from txmanager.New
 	ctx := context.Background()
+	orders, err := postgres.Open("orders", os.Getenv("ORDERS_URL"), postgres.Config{}) // postgres://app@127.0.0.1:5432/orders
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer orders.Close()
+	m, err := txmanager.New([]resource.Resource{orders}) // and the application's other resources
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close(ctx)
+
 	tx, err := m.Begin(ctx)
 	if err != nil {
 		log.Fatal(err)
@@ -122,7 +162,9 @@ func ExampleManager_Begin() {
 	if err := tx.Commit(ctx); err != nil {
 		var ae *txmanager.AbortError
 		if errors.As(err, &ae) {
-			log.Printf("aborted by %s in %s: %v", ae.Resource, ae.Phase, ae.Err)
+			log.Fatalf("aborted by %s in %s: %v", ae.Resource, ae.Phase, ae.Err)
 		}
+		log.Fatal(err)
 	}
+	fmt.Println("order 1 committed")
 }

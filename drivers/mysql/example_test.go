@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
 
 	mysqldriver "github.com/go-sql-driver/mysql"
 
@@ -56,12 +57,14 @@ func ExampleNew() {
 	// Output: billing true
 }
 
+// Needs a server, so no Output comment: TestExamplesRun runs it.
+
 // A MySQL 8 or MariaDB database in a distributed transaction: create the
 // marker table, check the set-up, then write through the transaction's
 // handle. Errors keep the server's error number.
 func Example() {
 	ctx := context.Background()
-	billing, err := mysql.Open("billing", "mysql://app:secret@127.0.0.1:3306/billing", mysql.Config{})
+	billing, err := mysql.Open("billing", os.Getenv("BILLING_URL"), mysql.Config{}) // mysql://app:secret@127.0.0.1:3306/billing
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -94,4 +97,5 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	fmt.Println("credited account 42")
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" with database/sql
 
@@ -53,11 +54,13 @@ func ExampleNew() {
 	// Output: orders true
 }
 
+// Needs a server, so no Output comment: TestExamplesRun runs it.
+
 // A PostgreSQL database in a distributed transaction: check the set-up,
 // create the marker table, then write through the transaction's handle.
 func Example() {
 	ctx := context.Background()
-	orders, err := postgres.Open("orders", "postgres://app@127.0.0.1:5432/orders", postgres.Config{})
+	orders, err := postgres.Open("orders", os.Getenv("ORDERS_URL"), postgres.Config{}) // postgres://app@127.0.0.1:5432/orders
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -88,4 +91,5 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	fmt.Println("debited account 7")
 }
