@@ -104,7 +104,8 @@ func (s *Scanner) scan(ctx context.Context, dry bool) (*Report, error) {
 	g := gather(names, fs, s.opts.space, s.opts.clock.Now())
 	rep.Unreachable, rep.Foreign = g.Unreachable, g.Foreign
 	for _, n := range names {
-		if err := rep.Unreachable[n]; err != nil {
+		if err := rep.Unreachable[n]; err != nil && ctx.Err() == nil {
+			// (A scan cut short by its caller's shutdown is no warning.)
 			s.opts.logger.Warn("threepc/recovery: resource not scanned", "resource", n, "err", err)
 		}
 	}
