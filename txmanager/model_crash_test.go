@@ -116,51 +116,29 @@ func TestModelEveryCrashPoint(t *testing.T) {
 	start := time.Now()
 	counts, failed, events := map[string]int{}, map[string]int{}, map[string]int{}
 	for _, v := range crashVariants {
-		for n := 2; n <= maxN; n++ {
-			for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
-				for opts := range 8 {
-					llr, async, batch := opts&1 == 1, opts&2 == 2, opts&4 == 4
-					switch {
-					case v.llr && !llr, v.batch && !batch:
-						continue
-					case !batch && async:
-						// Without batching only the decision's path
-						// changes: asynchronous clean-up is covered with it.
-						continue
+		for _, cf := range crashConfigs(v, maxN) {
+			for _, fp := range txmanager.Failpoints() {
+				for k := 1; k <= cf.n; k++ {
+					sc := scenario{n: cf.n, protocol: cf.protocol, llr: &cf.llr, async: &cf.async, batch: &cf.batch, commitFirst: &cf.commitFirst,
+						faults: true, pauses: !v.crash, crashAt: "none"}
+					// A plain crash: 3PC must not leave a branch waiting
+					// on the primary alone.
+					sc.nonBlocking = v.name == "crash" && cf.protocol == txmanager.ThreePC
+					if v.crash {
+						sc.crashAt, sc.crashK = fp, k
 					}
-					// Both orders of the overlapped precommit row and
-					// commit (3PC, LLR, one branch besides the primary).
-					orders := []bool{false}
-					if n == 2 && llr && p == txmanager.ThreePC {
-						orders = []bool{false, true}
+					r := sc.run(crashScript(v, fp, k))
+					counts[v.name]++
+					for _, ev := range []string{"ORPHAN", "OUTSIDE ROLLBACK", "[fail-after]", "irec"} {
+						if strings.Contains(r.trace, ev) {
+							events[v.name+": "+ev]++
+						}
 					}
-					for _, commitFirst := range orders {
-						for _, fp := range txmanager.Failpoints() {
-							for k := 1; k <= n; k++ {
-								sc := scenario{n: n, protocol: p, llr: &llr, async: &async, batch: &batch, commitFirst: &commitFirst, faults: true, pauses: !v.crash}
-								// A plain crash: 3PC must not leave a branch
-								// waiting on the primary alone.
-								sc.nonBlocking = v.name == "crash" && p == txmanager.ThreePC
-								if v.crash {
-									sc.crashAt, sc.crashK = fp, k
-								} else {
-									sc.crashAt = "none"
-								}
-								r := sc.run(crashScript(v, fp, k))
-								counts[v.name]++
-								for _, ev := range []string{"ORPHAN", "OUTSIDE ROLLBACK", "[fail-after]", "irec"} {
-									if strings.Contains(r.trace, ev) {
-										events[v.name+": "+ev]++
-									}
-								}
-								if r.violation != "" {
-									// The first failure of each variant, in full; the
-									// others counted.
-									if failed[v.name]++; failed[v.name] == 1 {
-										t.Errorf("%s at %s#%d: n=%d %s llr=%v async=%v batch=%v commitFirst=%v: %s", v.name, fp, k, n, p, llr, async, batch, commitFirst, r)
-									}
-								}
-							}
+					// The first failure of each variant, in full; the
+					// others counted.
+					if r.violation != "" {
+						if failed[v.name]++; failed[v.name] == 1 {
+							t.Errorf("%s at %s#%d: %+v: %s", v.name, fp, k, cf, r)
 						}
 					}
 				}
@@ -171,6 +149,42 @@ func TestModelEveryCrashPoint(t *testing.T) {
 	if len(failed) > 0 {
 		t.Errorf("failed scenarios: %v", failed)
 	}
+}
+
+// crashConfig is one configuration whose every crash point
+// TestModelEveryCrashPoint plays.
+type crashConfig struct {
+	n                              int
+	protocol                       txmanager.Protocol
+	llr, async, batch, commitFirst bool
+}
+
+// crashConfigs lists the configurations for variant v: 2 to maxN
+// participants, both protocols, the optimizations on and off, and both
+// orders of the overlapped precommit row and commit where they overlap
+// (3PC, logging last resource, one branch besides the primary).
+func crashConfigs(v crashVariant, maxN int) []crashConfig {
+	var cs []crashConfig
+	for n := 2; n <= maxN; n++ {
+		for _, p := range []txmanager.Protocol{txmanager.ThreePC, txmanager.TwoPC} {
+			for opts := range 8 {
+				llr, async, batch := opts&1 == 1, opts&2 == 2, opts&4 == 4
+				switch {
+				case v.llr && !llr, v.batch && !batch:
+					continue
+				case !batch && async:
+					// Without batching only the decision's path changes:
+					// asynchronous clean-up is covered with it.
+					continue
+				}
+				cs = append(cs, crashConfig{n: n, protocol: p, llr: llr, async: async, batch: batch})
+				if n == 2 && llr && p == txmanager.ThreePC {
+					cs = append(cs, crashConfig{n: n, protocol: p, llr: llr, async: async, batch: batch, commitFirst: true})
+				}
+			}
+		}
+	}
+	return cs
 }
 
 // TestPlantedBugTestsBuilt: the tests that plant bugs (TestModelSeededBugs
