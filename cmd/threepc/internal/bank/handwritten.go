@@ -63,17 +63,14 @@ func (w *Workload) handwritten(ctx context.Context, t transfer) error {
 	for i, l := range legs {
 		bs[i] = &hwBranch{l: l, pg: w.dialect[l.res] == "postgres"}
 	}
-	phases := make([]resource.Phase, len(legs))
 	if err := w.eachLeg(len(legs), func(i int) error {
-		var err error
-		phases[i], err = w.hwWork(wctx, t, i, bs[i], primary)
-		return err
-	}); err != nil {
-		for i := range bs {
-			if phases[i] != "" {
-				return w.hwAbort(ctx, gtid, bs, bs[i].l.res, phases[i], err)
-			}
+		if phase, err := w.hwWork(wctx, t, i, bs[i], primary); err != nil {
+			return &resource.BranchError{Resource: legs[i].res, Phase: phase, Err: err}
 		}
+		return nil
+	}); err != nil {
+		be := err.(*resource.BranchError) // eachLeg returns a leg's error as it is
+		return w.hwAbort(ctx, gtid, bs, be.Resource, be.Phase, be.Err)
 	}
 	// Prepare, in parallel.
 	errs := parallel(bs, func(b *hwBranch) error {
